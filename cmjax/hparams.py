@@ -1,0 +1,119 @@
+"""Frozen, hashable hyperparameters built once from an ml_collections ConfigDict.
+
+The jitted train step closes over a ``TrainHParams``, never over a live ConfigDict, so a
+config edit after the step is built cannot silently change (or fail to change) what runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from cmjax import ict, losses
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, missing or has a bad value."""
+
+
+def _section(config: Mapping[str, Any], name: str, known: set[str]) -> dict[str, Any]:
+    if name not in config:
+        raise ConfigError(f"config has no section {name!r}; see configs/default.py for a template")
+    section = dict(config[name])
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(f'config.{name}.{k}' for k in unknown)}; "
+            f"known keys of config.{name}: {sorted(known)}"
+        )
+    return section
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimHParams:
+    """RAdam (iCT: lr 1e-4, no warmup, no clipping) or Adam."""
+
+    name: str = "radam"
+    learning_rate: float = 1e-4
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    grad_clip_norm: float = 0.0
+
+    def __post_init__(self):
+        if self.name not in ("radam", "adam"):
+            raise ConfigError(f"config.optim.name must be 'radam' or 'adam', got {self.name!r}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"config.optim.learning_rate must be > 0, got {self.learning_rate}")
+
+
+_ICT_KEYS = {f.name for f in dataclasses.fields(ict.NoiseSchedule)} - {"total_steps"}
+_LOSS_KEYS = {"loss", "loss_c", "weighting"}
+WEIGHTINGS = ("ict", "uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainHParams:
+    """Everything the train step needs, resolved from the config."""
+
+    schedule: ict.NoiseSchedule
+    optim: OptimHParams
+    data_shape: tuple[int, ...]
+    num_classes: int = 0
+    loss: str = "pseudo_huber"
+    loss_c: float = 0.0
+    weighting: str = "ict"
+    noise_cond_scale: float = 1.0
+    ema_rates: tuple[float, ...] = (0.99993,)
+    seed: int = 0
+
+    def __post_init__(self):
+        losses.get_distance(self.loss)
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"config.ict.weighting must be one of {WEIGHTINGS}")
+        if not all(0.0 <= r < 1.0 for r in self.ema_rates):
+            raise ConfigError(f"EMA rates must lie in [0, 1), got {self.ema_rates}")
+        if len(set(self.ema_rates)) != len(self.ema_rates):
+            raise ConfigError(f"EMA rates must be distinct, got {self.ema_rates}")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TrainHParams:
+        ict_cfg = _section(config, "ict", _ICT_KEYS | _LOSS_KEYS)
+        optim = _section(config, "optim", {f.name for f in dataclasses.fields(OptimHParams)})
+        training = dict(config["training"]) if "training" in config else {}
+        data = dict(config["data"]) if "data" in config else {}
+        model = dict(config["model"]) if "model" in config else {}
+        for key, where in (("total_steps", training), ("shape", data)):
+            if key not in where:
+                raise ConfigError(
+                    f"config needs {'training' if where is training else 'data'}.{key}"
+                )
+        data_shape = tuple(int(d) for d in data["shape"])
+        loss_c = ict_cfg.pop("loss_c", None)
+        if loss_c is None or loss_c <= 0:
+            loss_c = losses.default_pseudo_huber_c(math.prod(data_shape))
+        schedule = ict.NoiseSchedule(
+            total_steps=int(training["total_steps"]),
+            **{k: v for k, v in ict_cfg.items() if k in _ICT_KEYS},
+        )
+        num_classes = int(data.get("num_classes", 0))
+        if int(model.get("num_classes", num_classes)) != num_classes:
+            raise ConfigError(
+                f"config.model.num_classes={model['num_classes']} differs from "
+                f"config.data.num_classes={num_classes}"
+            )
+        return cls(
+            schedule=schedule,
+            optim=OptimHParams(**optim),
+            data_shape=data_shape,
+            num_classes=num_classes,
+            loss=ict_cfg.get("loss", "pseudo_huber"),
+            loss_c=float(loss_c),
+            weighting=ict_cfg.get("weighting", "ict"),
+            noise_cond_scale=float(model.get("noise_cond_scale", 1.0)),
+            ema_rates=tuple(float(r) for r in training.get("ema_rates", (0.99993,))),
+            seed=int(config.get("seed", 0)),
+        )
