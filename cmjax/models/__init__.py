@@ -12,10 +12,17 @@ from typing import Any
 
 import flax.linen as nn
 
+from cmjax.models.adm import ADMUNet
 from cmjax.models.mlp import MLP
+from cmjax.models.ncsnpp import NCSNpp
 from cmjax.models.unet_small import SmallUNet
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet_small": SmallUNet}
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "unet_small": SmallUNet,
+    "ncsnpp": NCSNpp,
+    "adm": ADMUNet,
+}
 
 # Keys of the ``model`` config section that configure the consistency wrapper, not the network.
 WRAPPER_KEYS = ("name", "noise_cond_scale")
@@ -40,4 +47,4 @@ def build_model(model_config: Mapping[str, Any]) -> nn.Module:
     return cls(**kwargs)
 
 
-__all__ = ["MLP", "MODELS", "SmallUNet", "build_model"]
+__all__ = ["MLP", "MODELS", "ADMUNet", "NCSNpp", "SmallUNet", "build_model"]

@@ -1,0 +1,41 @@
+"""Config sections shared by the files in configs/: the iCT constants and the optimizer."""
+
+from __future__ import annotations
+
+from ml_collections import config_dict
+
+from cmjax import ict
+
+
+def ict_section(**overrides) -> config_dict.ConfigDict:
+    """iCT noise schedule, curriculum, lognormal sampling and loss (DESIGN.md §1)."""
+    section = dict(
+        sigma_min=ict.SIGMA_MIN,
+        sigma_max=ict.SIGMA_MAX,
+        rho=ict.RHO,
+        sigma_data=ict.SIGMA_DATA,
+        s0=ict.S0,
+        s1=ict.S1,
+        p_mean=ict.P_MEAN,
+        p_std=ict.P_STD,
+        loss="pseudo_huber",
+        loss_c=config_dict.placeholder(float),  # None: 0.00054 * sqrt(dim)
+        weighting="ict",
+    )
+    section.update(overrides)
+    return config_dict.ConfigDict(section)
+
+
+def optim_section(**overrides) -> config_dict.ConfigDict:
+    """RAdam, lr 1e-4, no warmup, no clipping (iCT)."""
+    section = dict(
+        name="radam",
+        learning_rate=1e-4,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        warmup_steps=0,
+        grad_clip_norm=0.0,
+    )
+    section.update(overrides)
+    return config_dict.ConfigDict(section)

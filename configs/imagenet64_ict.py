@@ -1,0 +1,53 @@
+"""iCT on class-conditional ImageNet 64x64 with ADM: FID 3.25 (1 step), 2.77 (2 steps).
+
+Variants: "" (the paper recipe), "deep" (twice the res blocks: 6 per resolution),
+"tiny" (same code, tiny widths and budget, for tests and CPU demos).
+"""
+
+from ml_collections import config_dict
+
+from cmjax.config_defaults import ict_section, optim_section
+
+
+def get_config(variant: str = "") -> config_dict.ConfigDict:
+    if variant not in ("", "deep", "tiny"):
+        raise ValueError(f"unknown imagenet64_ict variant {variant!r}; use '', 'deep' or 'tiny'")
+    config = config_dict.ConfigDict()
+    config.seed = 0
+    config.data = config_dict.ConfigDict(
+        dict(name="imagenet64", shape=(64, 64, 3), num_classes=1000, random_flip=True)
+    )
+    config.model = config_dict.ConfigDict(
+        dict(
+            name="adm",
+            model_channels=192,
+            channel_mult=(1, 2, 3, 4),
+            num_res_blocks=3,
+            attn_resolutions=(32, 16, 8),
+            num_head_channels=64,
+            dropout=0.2,
+            use_scale_shift_norm=False,
+            num_classes=1000,
+            norm_groups=32,
+            dtype="float32",
+            noise_cond_scale=1000.0,
+        )
+    )
+    config.ict = ict_section()
+    config.optim = optim_section()
+    config.training = config_dict.ConfigDict(
+        dict(total_steps=800_000, batch_size=4096, ema_rates=(0.99997,))
+    )
+    if variant == "deep":
+        config.model.num_res_blocks = 6
+    elif variant == "tiny":
+        config.model.update(
+            model_channels=16,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attn_resolutions=(32,),
+            num_head_channels=8,
+            norm_groups=8,
+        )
+        config.training.update(total_steps=40, batch_size=8, ema_rates=(0.9,))
+    return config
