@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -52,3 +53,17 @@ def sample_toy(name: str, rng: jax.Array, n: int) -> jax.Array:
             f"unknown toy distribution {name!r}; choose one of {sorted(DISTRIBUTIONS)}"
         )
     return DISTRIBUTIONS[name](rng, n).astype(jnp.float32)
+
+
+def sample_toy_at(name: str, seed: int, indices) -> jax.Array:
+    """Record ``i`` of an endless toy stream: one point drawn from key fold_in(seed, i); (n, 2)."""
+    if name not in DISTRIBUTIONS:
+        raise ValueError(
+            f"unknown toy distribution {name!r}; choose one of {sorted(DISTRIBUTIONS)}"
+        )
+    return _sample_at(name, jax.random.key(seed), jnp.asarray(indices, jnp.uint32))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sample_at(name, key, indices):
+    return jax.vmap(lambda i: DISTRIBUTIONS[name](jax.random.fold_in(key, i), 1)[0])(indices)
