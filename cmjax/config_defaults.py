@@ -39,3 +39,21 @@ def optim_section(**overrides) -> config_dict.ConfigDict:
     )
     section.update(overrides)
     return config_dict.ConfigDict(section)
+
+
+def add_run_sections(
+    config: config_dict.ConfigDict,
+    two_step_sigma: float = 0.821,
+    checkpoint_every: int = 10_000,
+    log_every: int = 100,
+    sample_every: int = 10_000,
+    num_samples: int = 64,
+) -> config_dict.ConfigDict:
+    """Add the logging, sampling, checkpoint and mesh settings every runnable config has."""
+    config.training.update(log_every=log_every, sample_every=sample_every, num_samples=num_samples)
+    config.checkpoint = config_dict.ConfigDict(
+        dict(every_steps=checkpoint_every, keep=3, milestone_every=0, async_save=True)
+    )
+    config.mesh = config_dict.ConfigDict(dict(fsdp=1, dcn_data=1, multiprocess=False))
+    config.sampling = config_dict.ConfigDict(dict(two_step_sigma=two_step_sigma))
+    return config

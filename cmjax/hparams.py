@@ -31,6 +31,49 @@ def _section(config: Mapping[str, Any], name: str, known: set[str]) -> dict[str,
     return section
 
 
+# Keys of the sections that no single dataclass consumes whole (model keys are checked by
+# build_model, ict and optim keys by TrainHParams).
+KNOWN_KEYS: dict[str, set[str]] = {
+    "": {"seed", "data", "model", "ict", "optim", "training", "checkpoint", "mesh", "sampling"},
+    "data": {
+        "name",
+        "shape",
+        "num_classes",
+        "random_flip",
+        "distribution",
+        "data_dir",
+        "path",
+        "tfds_name",
+        "split",
+    },
+    "training": {
+        "total_steps",
+        "batch_size",
+        "ema_rates",
+        "log_every",
+        "sample_every",
+        "num_samples",
+    },
+    "checkpoint": {"every_steps", "keep", "milestone_every", "async_save"},
+    "mesh": {"fsdp", "dcn_data", "multiprocess"},
+    "sampling": {"two_step_sigma"},
+}
+
+
+def validate_config(config: Mapping[str, Any]) -> None:
+    """Raise a ConfigError naming every unknown key of a full training config."""
+    unknown = [k for k in config if k not in KNOWN_KEYS[""]]
+    for section, known in KNOWN_KEYS.items():
+        if section and section in config:
+            unknown += [f"{section}.{k}" for k in config[section] if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s): {', '.join('config.' + k for k in unknown)}. "
+            "Check the spelling against configs/default.py."
+        )
+    TrainHParams.from_config(config)
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimHParams:
     """RAdam (iCT: lr 1e-4, no warmup, no clipping) or Adam."""

@@ -6,7 +6,7 @@ paper's deep row), "tiny" (same code, tiny widths and budget, for tests and CPU 
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import ict_section, optim_section
+from cmjax.config_defaults import add_run_sections, ict_section, optim_section
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
@@ -39,9 +39,18 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config.training = config_dict.ConfigDict(
         dict(total_steps=400_000, batch_size=1024, ema_rates=(0.99993,))
     )
+    add_run_sections(config, two_step_sigma=0.821)
     if variant == "deep":
         config.model.num_res_blocks = 8
     elif variant == "tiny":
         config.model.update(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,))
-        config.training.update(total_steps=40, batch_size=8, ema_rates=(0.9,))
+        config.training.update(
+            total_steps=40,
+            batch_size=8,
+            ema_rates=(0.9,),
+            log_every=10,
+            sample_every=40,
+            num_samples=16,
+        )
+        config.checkpoint.every_steps = 20
     return config

@@ -6,7 +6,7 @@ Variants: "" (the paper recipe), "deep" (twice the res blocks: 6 per resolution)
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import ict_section, optim_section
+from cmjax.config_defaults import add_run_sections, ict_section, optim_section
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
@@ -38,6 +38,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config.training = config_dict.ConfigDict(
         dict(total_steps=800_000, batch_size=4096, ema_rates=(0.99997,))
     )
+    add_run_sections(config, two_step_sigma=1.526)
     if variant == "deep":
         config.model.num_res_blocks = 6
     elif variant == "tiny":
@@ -49,5 +50,13 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             num_head_channels=8,
             norm_groups=8,
         )
-        config.training.update(total_steps=40, batch_size=8, ema_rates=(0.9,))
+        config.training.update(
+            total_steps=40,
+            batch_size=8,
+            ema_rates=(0.9,),
+            log_every=10,
+            sample_every=40,
+            num_samples=16,
+        )
+        config.checkpoint.every_steps = 20
     return config

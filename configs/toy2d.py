@@ -5,6 +5,8 @@ Variants: ``gaussian_mixture`` (default), ``checkerboard``, ``two_moons``.
 
 from ml_collections import config_dict
 
+from cmjax.config_defaults import add_run_sections
+
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
@@ -53,4 +55,5 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.training = config_dict.ConfigDict(
         dict(total_steps=2000, batch_size=512, ema_rates=(0.995,))
     )
+    add_run_sections(config, checkpoint_every=500, log_every=100, sample_every=0)
     return config
