@@ -36,3 +36,24 @@ def save_png(path: str | Path, grid: np.ndarray, scale: int = 1) -> None:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid).save(path)
+
+
+def plot_curve(values: np.ndarray, path: str | Path, title: str = "", size=(640, 320)) -> None:
+    """A minimal line plot (no matplotlib needed) of ``values`` against their index, as PNG."""
+    from PIL import Image, ImageDraw
+
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 1.0
+    w, h = size
+    margin = 40
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([margin, margin // 2, w - margin // 2, h - margin], outline="black")
+    xs = margin + np.linspace(0, w - 1.5 * margin, len(values))
+    ys = h - margin - (values - lo) / (hi - lo) * (h - 1.5 * margin)
+    draw.line(list(zip(xs.tolist(), np.nan_to_num(ys).tolist(), strict=True)), fill="navy")
+    draw.text((margin, 2), f"{title}  min {lo:.3g}  max {hi:.3g}  n={len(values)}", fill="black")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
