@@ -48,6 +48,8 @@ def add_run_sections(
     log_every: int = 100,
     sample_every: int = 10_000,
     num_samples: int = 64,
+    eval_every: int = 0,
+    eval_samples: int = 50_000,
 ) -> config_dict.ConfigDict:
     """Add the logging, sampling, checkpoint and mesh settings every runnable config has."""
     config.training.update(log_every=log_every, sample_every=sample_every, num_samples=num_samples)
@@ -56,4 +58,14 @@ def add_run_sections(
     )
     config.mesh = config_dict.ConfigDict(dict(fsdp=1, dcn_data=1, multiprocess=False))
     config.sampling = config_dict.ConfigDict(dict(two_step_sigma=two_step_sigma))
+    # FID needs inception_path (see cmjax/evaluation/inception.py) and ref_stats (mu/sigma npz).
+    config.eval = config_dict.ConfigDict(
+        dict(
+            every_steps=eval_every,
+            num_samples=eval_samples,
+            batch_size=500,
+            inception_path="",
+            ref_stats="",
+        )
+    )
     return config

@@ -34,7 +34,18 @@ def _section(config: Mapping[str, Any], name: str, known: set[str]) -> dict[str,
 # Keys of the sections that no single dataclass consumes whole (model keys are checked by
 # build_model, ict and optim keys by TrainHParams).
 KNOWN_KEYS: dict[str, set[str]] = {
-    "": {"seed", "data", "model", "ict", "optim", "training", "checkpoint", "mesh", "sampling"},
+    "": {
+        "seed",
+        "data",
+        "model",
+        "ict",
+        "optim",
+        "training",
+        "checkpoint",
+        "mesh",
+        "sampling",
+        "eval",
+    },
     "data": {
         "name",
         "shape",
@@ -57,6 +68,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "checkpoint": {"every_steps", "keep", "milestone_every", "async_save"},
     "mesh": {"fsdp", "dcn_data", "multiprocess"},
     "sampling": {"two_step_sigma"},
+    "eval": {"every_steps", "num_samples", "batch_size", "inception_path", "ref_stats"},
 }
 
 

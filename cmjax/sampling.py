@@ -50,3 +50,36 @@ def sample(
         noise = jnp.sqrt(s**2 - schedule.sigma_min**2) * jax.random.normal(key, shape)
         x = f(x + noise, s)
     return x
+
+
+def make_sampler(
+    apply_fn: ApplyFn,
+    schedule: ict.NoiseSchedule,
+    shape: tuple[int, ...],
+    sigmas: Sequence[float],
+    *,
+    noise_cond_scale: float = 1.0,
+    mesh=None,
+):
+    """A jitted ``draw(params, rng, labels=None) -> (B, ...)`` for a static sample ``shape``.
+
+    With a ``mesh`` the samples (and labels) are sharded over its batch axes; the noise is
+    the same as on one device (threefry is partitionable), so the samples are too.
+    """
+    from cmjax import parallel  # local import: parallel imports train_state
+
+    out_shardings = None if mesh is None else parallel.batch_sharding(mesh, len(shape))
+
+    def draw(params, rng, labels=None):
+        return sample(
+            apply_fn,
+            params,
+            rng,
+            shape,
+            sigmas,
+            schedule=schedule,
+            noise_cond_scale=noise_cond_scale,
+            labels=labels,
+        )
+
+    return jax.jit(draw, out_shardings=out_shardings)

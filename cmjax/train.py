@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 from cmjax import images, parallel
 from cmjax.checkpoint import Checkpointer, PreemptionWatcher
 from cmjax.data import make_dataset
+from cmjax.evaluation.evaluator import make_evaluator
 from cmjax.hparams import TrainHParams, validate_config
 from cmjax.sampling import sample
 from cmjax.train_state import TrainState
@@ -160,6 +161,8 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
         log.info("train step compiled in %.1f s", time.perf_counter() - t0)
         report = _Reporter(config, writer, start, checkpointer)
         sample_every = int(_get(config, "training", "sample_every", 0))
+        evaluator = make_evaluator(config)
+        eval_every = int(_get(config, "eval", "every_steps", 0))
         pending = None
         step, local = start, first
         while True:
@@ -175,6 +178,14 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
                 checkpointer.save(done, state, config, force=True)
             if sample_every and done % sample_every == 0:
                 _write_samples(config, hp, state, workdir, writer, done)
+            if evaluator is not None and (done % eval_every == 0 or done == total):
+                scores = evaluator(state)
+                writer.write_scalars(done, scores)
+                log.info(
+                    "eval at step %d: %s",
+                    done,
+                    "  ".join(f"{k} {v:.4f}" for k, v in scores.items()),
+                )
             if done == total or stop:
                 if stop:
                     log.warning("preemption requested: saved step %d, exiting", done)
