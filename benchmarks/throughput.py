@@ -66,7 +66,10 @@ def synthetic_batch(hp: TrainHParams, n: int) -> dict[str, np.ndarray]:
 
 def bench_train(spec: str, dtype: str, per_device: int, steps: int, peak: float | None):
     config = load_config(spec)
-    config.model.dtype = dtype
+    if "dtype" in config.model:
+        config.model.dtype = dtype
+    elif dtype != "float32":
+        return None, None  # this network has no compute-dtype switch
     n_dev = jax.device_count()
     config.training.batch_size = per_device * n_dev
     hp = TrainHParams.from_config(config)
@@ -165,13 +168,17 @@ def main() -> None:
     last = None
     for dtype in args.dtypes.split(","):
         for per_device in (int(b) for b in args.per_device_batch.split(",")):
-            row, last = bench_train(
+            row, run = bench_train(
                 args.config,
                 dtype,
                 per_device,
                 args.steps,
                 device_peak_tflops(dtype, args.peak_tflops),
             )
+            if row is None:
+                print(f"{args.config:18s} {dtype:9s} skipped: the network has no dtype switch")
+                continue
+            last, last_batch = run, per_device
             print(
                 f"{row['config']:18s} {dtype:9s} {per_device:5d} {row['compile_s']:9.1f} "
                 f"{row['step_ms']:9.1f} {row['img_s']:9.1f} {row['img_s_dev']:9.1f} "
@@ -180,7 +187,7 @@ def main() -> None:
                 flush=True,
             )
     config, hp, state = last
-    rates = bench_sampler(config, hp, state, per_device, args.steps)
+    rates = bench_sampler(config, hp, state, last_batch, args.steps)
     print(
         "sampler images/s (EMA params, last dtype and batch): "
         + ", ".join(f"{k} {v:.1f}" for k, v in rates.items())

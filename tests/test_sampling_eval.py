@@ -198,7 +198,7 @@ def test_inception_features_and_cli_fid(inception_file, tmp_path):
                 f"--samples={samples}",
                 f"--reference={reference}",
                 f"--inception={path}",
-                "--batch_size=3",
+                "--inception_batch_size=3",
                 f"--save_stats={tmp_path / 'stats.npz'}",
             ],
             cwd=ROOT,

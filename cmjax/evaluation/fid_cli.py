@@ -22,7 +22,7 @@ _SAMPLES = flags.DEFINE_string("samples", None, "uint8 images .npz (arr_0).")
 _REFERENCE = flags.DEFINE_string("reference", None, "Reference .npz: mu/sigma, or arr_0 images.")
 _INCEPTION = flags.DEFINE_string("inception", None, "FID Inception weights (.npz).")
 _SAVE = flags.DEFINE_string("save_stats", None, "Write the samples' mu/sigma here.")
-_BATCH = flags.DEFINE_integer("batch_size", 200, "Images per Inception batch.")
+_BATCH = flags.DEFINE_integer("inception_batch_size", 200, "Images per Inception batch.")
 
 
 def images_of(path: str) -> np.ndarray:
