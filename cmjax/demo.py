@@ -68,7 +68,7 @@ def toy_quality(config, state: TrainState, params: Any, n: int = 4000) -> dict[s
     }
     for label, sigmas in (
         ("1-step", [hp.schedule.sigma_max]),
-        ("2-step", [hp.schedule.sigma_max, 0.821]),
+        ("2-step", [hp.schedule.sigma_max, float(config.sampling.two_step_sigma)]),
     ):
         x = sample(
             state.apply_fn,

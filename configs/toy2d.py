@@ -5,10 +5,14 @@ Variants: ``gaussian_mixture`` (default), ``checkerboard``, ``two_moons``.
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import add_run_sections
+from cmjax.config_defaults import add_run_sections, ict_section, optim_section
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    from cmjax.data.toy2d import DISTRIBUTIONS
+
+    if arg and arg not in DISTRIBUTIONS:
+        raise ValueError(f"unknown toy2d variant {arg!r}; use one of {sorted(DISTRIBUTIONS)}")
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = config_dict.ConfigDict(
@@ -26,32 +30,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
-    config.ict = config_dict.ConfigDict(
-        dict(
-            sigma_min=0.002,
-            sigma_max=80.0,
-            rho=7.0,
-            sigma_data=0.5,
-            s0=10,
-            s1=1280,
-            p_mean=-1.1,
-            p_std=2.0,
-            loss="pseudo_huber",
-            loss_c=config_dict.placeholder(float),
-            weighting="ict",
-        )
-    )
-    config.optim = config_dict.ConfigDict(
-        dict(
-            name="radam",
-            learning_rate=1e-3,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            warmup_steps=0,
-            grad_clip_norm=0.0,
-        )
-    )
+    config.ict = ict_section()
+    config.optim = optim_section(learning_rate=1e-3)  # small MLP: a larger step is stable
     config.training = config_dict.ConfigDict(
         dict(total_steps=2000, batch_size=512, ema_rates=(0.995,))
     )
