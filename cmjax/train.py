@@ -114,6 +114,33 @@ def _write_samples(config, hp: TrainHParams, state: TrainState, workdir: Path, w
         writer.write_images(step, {k: v[None] for k, v in grids.items()})
 
 
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, (tuple, list)) else v
+    return out
+
+
+def config_changes(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """'key: old -> new' for every leaf that differs between a saved and a current config."""
+    old = _flat(saved)
+    new = _flat(
+        json.loads(
+            json.dumps(
+                config.to_dict() if hasattr(config, "to_dict") else dict(config), default=str
+            )
+        )
+    )
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+
+
 def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainState:
     """Train (or resume) the run in ``workdir``; returns the final TrainState."""
     validate_config(config)
@@ -138,6 +165,11 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(abstract)
         log.info("resumed from %s at step %d", checkpointer.directory, int(state.step))
+        changed = config_changes(checkpointer.restored_config(), config)
+        if changed:
+            log.warning(
+                "resuming with a config that differs from the checkpoint's: %s", "; ".join(changed)
+            )
     else:
         state = parallel.create_sharded_train_state(config, abstract, jax.random.key(hp.seed))
     start = int(jax.device_get(state.step))

@@ -223,6 +223,19 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         train_and_evaluate(config, tmp_path)
 
 
+def test_resume_with_a_changed_config_warns_naming_the_keys(tmp_path, caplog):
+    config = _toy_config(total_steps=10, every=10)
+    train_and_evaluate(config, tmp_path)
+    config.training.total_steps = 12
+    config.optim.learning_rate = 5e-4
+    with caplog.at_level("WARNING", logger="cmjax"):
+        state = train_and_evaluate(config, tmp_path)
+    assert int(state.step) == 12
+    (warning,) = [r.getMessage() for r in caplog.records if "differs" in r.getMessage()]
+    assert "optim.learning_rate: 0.001 -> 0.0005" in warning
+    assert "training.total_steps: 10 -> 12" in warning
+
+
 def test_config_typos_are_named(tmp_path):
     config = _toy_config()
     config.training.totl_steps = 3
