@@ -69,3 +69,18 @@ def add_run_sections(
         )
     )
     return config
+
+
+def shrink_to_tiny(config: config_dict.ConfigDict, **model: object) -> config_dict.ConfigDict:
+    """The ``tiny`` variant of a paper config: ``model`` widths, a CPU-sized run budget."""
+    config.model.update(model)
+    config.training.update(
+        total_steps=40,
+        batch_size=8,
+        ema_rates=(0.9,),
+        log_every=10,
+        sample_every=40,
+        num_samples=16,
+    )
+    config.checkpoint.every_steps = 20
+    return config

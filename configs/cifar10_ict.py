@@ -6,7 +6,12 @@ the paper's headline numbers), "tiny" (same code, tiny widths and budget, for te
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import add_run_sections, ict_section, optim_section
+from cmjax.config_defaults import (
+    add_run_sections,
+    ict_section,
+    optim_section,
+    shrink_to_tiny,
+)
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
@@ -43,14 +48,5 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     if variant == "deep":
         config.model.num_res_blocks = 8
     elif variant == "tiny":
-        config.model.update(nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,))
-        config.training.update(
-            total_steps=40,
-            batch_size=8,
-            ema_rates=(0.9,),
-            log_every=10,
-            sample_every=40,
-            num_samples=16,
-        )
-        config.checkpoint.every_steps = 20
+        shrink_to_tiny(config, nf=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,))
     return config

@@ -7,7 +7,12 @@ Variants: "" (the paper recipe), "deep" (twice the res blocks: 6 per resolution,
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import add_run_sections, ict_section, optim_section
+from cmjax.config_defaults import (
+    add_run_sections,
+    ict_section,
+    optim_section,
+    shrink_to_tiny,
+)
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
@@ -43,7 +48,8 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     if variant == "deep":
         config.model.num_res_blocks = 6
     elif variant == "tiny":
-        config.model.update(
+        shrink_to_tiny(
+            config,
             model_channels=16,
             channel_mult=(1, 2),
             num_res_blocks=1,
@@ -51,13 +57,4 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             num_head_channels=8,
             norm_groups=8,
         )
-        config.training.update(
-            total_steps=40,
-            batch_size=8,
-            ema_rates=(0.9,),
-            log_every=10,
-            sample_every=40,
-            num_samples=16,
-        )
-        config.checkpoint.every_steps = 20
     return config
