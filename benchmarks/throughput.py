@@ -23,7 +23,7 @@ import numpy as np
 from cmjax import parallel
 from cmjax.config_loading import load_config
 from cmjax.hparams import TrainHParams
-from cmjax.sampling import sample
+from cmjax.sampling import make_sampler, sampler_sigmas
 from cmjax.train_step import make_train_step
 
 # Dense peak TFLOP/s per chip: (bfloat16, float32 matmul as XLA runs it by default).
@@ -115,27 +115,18 @@ def bench_sampler(config, hp: TrainHParams, state, per_device: int, steps: int) 
     n = per_device * jax.device_count()
     labels = jnp.arange(n) % hp.num_classes if hp.num_classes else None
     out = {}
-    two = float(config.sampling.get("two_step_sigma", 0.821))
-    for name, sigmas in (
-        ("1-step", [hp.schedule.sigma_max]),
-        ("2-step", [hp.schedule.sigma_max, two]),
-    ):
-        draw = jax.jit(
-            lambda p, k, s=sigmas: sample(
-                state.apply_fn,
-                p,
-                k,
-                (n, *hp.data_shape),
-                s,
-                schedule=hp.schedule,
-                noise_cond_scale=hp.noise_cond_scale,
-                labels=labels,
-            )
+    for name, sigmas in sampler_sigmas(config).items():
+        draw = make_sampler(
+            state.apply_fn,
+            hp.schedule,
+            (n, *hp.data_shape),
+            sigmas,
+            noise_cond_scale=hp.noise_cond_scale,
         )
-        jax.block_until_ready(draw(state.ema_params[0], jax.random.key(0)))
+        jax.block_until_ready(draw(state.ema_params[0], jax.random.key(0), labels))
         t0 = time.perf_counter()
         for i in range(steps):
-            x = draw(state.ema_params[0], jax.random.key(i))
+            x = draw(state.ema_params[0], jax.random.key(i), labels)
         jax.block_until_ready(x)
         out[name] = n * steps / (time.perf_counter() - t0)
     return out

@@ -21,7 +21,7 @@ from cmjax import TrainHParams, TrainState, create_train_state, make_train_step
 from cmjax.config_loading import load_config
 from cmjax.data.toy2d import DISTRIBUTIONS, sample_toy
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
-from cmjax.sampling import sample
+from cmjax.sampling import make_sampler, sampler_sigmas
 
 
 def toy_config(distribution: str, steps: int):
@@ -66,20 +66,16 @@ def toy_quality(config, state: TrainState, params: Any, n: int = 4000) -> dict[s
             sliced_wasserstein(sample_toy(name, jax.random.key(1), n), held_out, proj_key)
         )
     }
-    for label, sigmas in (
-        ("1-step", [hp.schedule.sigma_max]),
-        ("2-step", [hp.schedule.sigma_max, float(config.sampling.two_step_sigma)]),
-    ):
-        x = sample(
+    for name, sigmas in sampler_sigmas(config).items():
+        draw = make_sampler(
             state.apply_fn,
-            params,
-            jax.random.key(5),
+            hp.schedule,
             (n, *hp.data_shape),
             sigmas,
-            schedule=hp.schedule,
             noise_cond_scale=hp.noise_cond_scale,
         )
-        out[label] = float(sliced_wasserstein(x, held_out, proj_key))
+        x = draw(params, jax.random.key(5))
+        out[f"{name[0]}-step"] = float(sliced_wasserstein(x, held_out, proj_key))
     return out
 
 

@@ -19,6 +19,7 @@ from ml_collections import ConfigDict
 from cmjax import images, parallel
 from cmjax.checkpoint import Checkpointer, CheckpointError
 from cmjax.evaluation.evaluator import generate
+from cmjax.sampling import sampler_sigmas
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -35,12 +36,10 @@ def sample_sigmas(config, steps: int, explicit=None) -> list[float]:
     """The sampler's sigmas: explicit, or the config's 1-/2-step defaults (paper settings)."""
     if explicit:
         return [float(s) for s in explicit]
-    sigma_max = float(config["ict"]["sigma_max"])
-    if steps == 1:
-        return [sigma_max]
-    if steps == 2:
-        return [sigma_max, float(config["sampling"]["two_step_sigma"])]
-    raise app.UsageError("--steps must be 1 or 2; pass --sigmas for more")
+    settings = sampler_sigmas(config)
+    if f"{steps}step" not in settings:
+        raise app.UsageError("--steps must be 1 or 2; pass --sigmas for more")
+    return settings[f"{steps}step"]
 
 
 def restore_run(workdir: str, step: int | None = None):

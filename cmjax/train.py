@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 from clu import metric_writers
+from flax import traverse_util
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -25,7 +26,7 @@ from cmjax.checkpoint import Checkpointer, PreemptionWatcher
 from cmjax.data import make_dataset
 from cmjax.evaluation.evaluator import make_evaluator
 from cmjax.hparams import TrainHParams, validate_config
-from cmjax.sampling import sample
+from cmjax.sampling import make_sampler, sampler_sigmas
 from cmjax.train_state import TrainState
 from cmjax.train_step import make_train_step
 
@@ -87,22 +88,16 @@ def _write_samples(config, hp: TrainHParams, state: TrainState, workdir: Path, w
         return
     n = int(_get(config, "training", "num_samples", 64))
     labels = jax.numpy.arange(n) % hp.num_classes if hp.num_classes else None
-    two_step = float(_get(config, "sampling", "two_step_sigma", 0.821))
     grids = {}
-    for name, sigmas in (
-        ("1step", [hp.schedule.sigma_max]),
-        ("2step", [hp.schedule.sigma_max, two_step]),
-    ):
-        x = sample(
+    for name, sigmas in sampler_sigmas(config).items():
+        draw = make_sampler(
             state.apply_fn,
-            state.ema_params[0],
-            jax.random.key(hp.seed + 17),
+            hp.schedule,
             (n, *hp.data_shape),
             sigmas,
-            schedule=hp.schedule,
             noise_cond_scale=hp.noise_cond_scale,
-            labels=labels,
         )
+        x = draw(state.ema_params[0], jax.random.key(hp.seed + 17), labels)
         grids[f"samples_{name}"] = images.make_grid(images.to_uint8(jax.device_get(x)))
     if jax.process_index() == 0:
         for name, grid in grids.items():
@@ -114,26 +109,11 @@ def _write_samples(config, hp: TrainHParams, state: TrainState, workdir: Path, w
         writer.write_images(step, {k: v[None] for k, v in grids.items()})
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, (tuple, list)) else v
-    return out
-
-
 def config_changes(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
     """'key: old -> new' for every leaf that differs between a saved and a current config."""
-    old = _flat(saved)
-    new = _flat(
-        json.loads(
-            json.dumps(
-                config.to_dict() if hasattr(config, "to_dict") else dict(config), default=str
-            )
-        )
-    )
+    old = traverse_util.flatten_dict(dict(saved), sep=".")
+    plain = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    new = traverse_util.flatten_dict(json.loads(json.dumps(plain, default=str)), sep=".")
     return [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
         for k in sorted(set(old) | set(new))

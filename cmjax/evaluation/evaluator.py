@@ -18,15 +18,8 @@ from cmjax import images, parallel
 from cmjax.data import make_dataset
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
 from cmjax.hparams import TrainHParams
-from cmjax.sampling import make_sampler
+from cmjax.sampling import make_sampler, sampler_sigmas
 from cmjax.train_state import TrainState
-
-
-def sampler_sigmas(config: Mapping[str, Any]) -> dict[str, list[float]]:
-    """The 1- and 2-step settings of a config (DESIGN.md §1: 0.821 / 1.526)."""
-    sigma_max = float(config["ict"]["sigma_max"])
-    two = float(config["sampling"]["two_step_sigma"]) if "sampling" in config else 0.821
-    return {"1step": [sigma_max], "2step": [sigma_max, two]}
 
 
 def generate(

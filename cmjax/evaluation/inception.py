@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 BN_EPS = 1e-3
 
@@ -211,7 +212,7 @@ def load_inception_weights(path: str | Path):
             "cmjax/evaluation/inception.py, then pass its path."
         )
     template = jax.eval_shape(init_inception)
-    flat_template = {k: v for k, v in _flatten(template).items()}
+    flat_template = traverse_util.flatten_dict(template)
     filled: dict[tuple[str, ...], np.ndarray] = {}
     with np.load(path) as tensors:
         for key in tensors.files:
@@ -241,24 +242,4 @@ def load_inception_weights(path: str | Path):
             f"{path}: {len(missing)} network variables have no tensor in the "
             f"file, e.g. {missing[:3]}; is it pytorch-fid's FID Inception?"
         )
-    return _unflatten(filled)
-
-
-def _flatten(tree, prefix=()):
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) or hasattr(v, "items"):
-            out.update(_flatten(v, (*prefix, k)))
-        else:
-            out[(*prefix, k)] = v
-    return out
-
-
-def _unflatten(flat):
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = jnp.asarray(value)
-    return tree
+    return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in filled.items()})
