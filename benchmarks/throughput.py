@@ -23,7 +23,7 @@ import numpy as np
 from cmjax import parallel
 from cmjax.config_loading import load_config
 from cmjax.hparams import TrainHParams
-from cmjax.sampling import make_sampler, sampler_sigmas
+from cmjax.sampling import make_sampler
 from cmjax.train_step import make_train_step
 
 # Dense peak TFLOP/s per chip: (bfloat16, float32 matmul as XLA runs it by default).
@@ -115,14 +115,8 @@ def bench_sampler(config, hp: TrainHParams, state, per_device: int, steps: int) 
     n = per_device * jax.device_count()
     labels = jnp.arange(n) % hp.num_classes if hp.num_classes else None
     out = {}
-    for name, sigmas in sampler_sigmas(config).items():
-        draw = make_sampler(
-            state.apply_fn,
-            hp.schedule,
-            (n, *hp.data_shape),
-            sigmas,
-            noise_cond_scale=hp.noise_cond_scale,
-        )
+    for name, plan in hp.objective.sampler_plans().items():
+        draw = make_sampler(hp.objective, state.apply_fn, (n, *hp.data_shape), plan)
         jax.block_until_ready(draw(state.ema_params[0], jax.random.key(0), labels))
         t0 = time.perf_counter()
         for i in range(steps):

@@ -1,29 +1,36 @@
-"""Config sections shared by the files in configs/: the iCT constants and the optimizer."""
+"""Config sections shared by the files in configs/: the objective, the optimizer, run settings."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ml_collections import config_dict
 
-from cmjax import ict
+
+def objective_section(name: str = "ict", **overrides) -> config_dict.ConfigDict:
+    """``config.objective``: ``name`` and that objective's keys at their paper defaults.
+
+    Keys whose default is derived (None, e.g. iCT's Pseudo-Huber c) become float placeholders
+    that ``--config.objective.KEY=value`` can set.
+    """
+    from cmjax.objectives import OBJECTIVES
+
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+    section: dict[str, Any] = {"name": name, **OBJECTIVES[name].defaults()}
+    unknown = sorted(set(overrides) - set(section))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} for objective {name!r}")
+    section.update(overrides)
+    return config_dict.ConfigDict(
+        {k: config_dict.placeholder(float) if v is None else v for k, v in section.items()}
+    )
 
 
 def ict_section(**overrides) -> config_dict.ConfigDict:
     """iCT noise schedule, curriculum, lognormal sampling and loss (DESIGN.md §1)."""
-    section = dict(
-        sigma_min=ict.SIGMA_MIN,
-        sigma_max=ict.SIGMA_MAX,
-        rho=ict.RHO,
-        sigma_data=ict.SIGMA_DATA,
-        s0=ict.S0,
-        s1=ict.S1,
-        p_mean=ict.P_MEAN,
-        p_std=ict.P_STD,
-        loss="pseudo_huber",
-        loss_c=config_dict.placeholder(float),  # None: 0.00054 * sqrt(dim)
-        weighting="ict",
-    )
-    section.update(overrides)
-    return config_dict.ConfigDict(section)
+    return objective_section("ict", **overrides)
 
 
 def optim_section(**overrides) -> config_dict.ConfigDict:
@@ -44,6 +51,7 @@ def optim_section(**overrides) -> config_dict.ConfigDict:
 def add_run_sections(
     config: config_dict.ConfigDict,
     two_step_sigma: float = 0.821,
+    sampling: Mapping[str, Any] | None = None,
     checkpoint_every: int = 10_000,
     log_every: int = 100,
     sample_every: int = 10_000,
@@ -51,13 +59,19 @@ def add_run_sections(
     eval_every: int = 0,
     eval_samples: int = 50_000,
 ) -> config_dict.ConfigDict:
-    """Add the logging, sampling, checkpoint and mesh settings every runnable config has."""
+    """Add the logging, sampling, checkpoint and mesh settings every runnable config has.
+
+    ``sampling``: the objective's sampler keys (default: consistency models'
+    ``two_step_sigma``; EDM: ``num_steps``, ``solver``).
+    """
     config.training.update(log_every=log_every, sample_every=sample_every, num_samples=num_samples)
     config.checkpoint = config_dict.ConfigDict(
         dict(every_steps=checkpoint_every, keep=3, milestone_every=0, async_save=True)
     )
     config.mesh = config_dict.ConfigDict(dict(fsdp=1, dcn_data=1, multiprocess=False))
-    config.sampling = config_dict.ConfigDict(dict(two_step_sigma=two_step_sigma))
+    config.sampling = config_dict.ConfigDict(
+        dict(sampling) if sampling is not None else dict(two_step_sigma=two_step_sigma)
+    )
     # FID needs inception_path (see cmjax/evaluation/inception.py) and ref_stats (mu/sigma npz).
     config.eval = config_dict.ConfigDict(
         dict(

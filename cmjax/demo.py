@@ -21,7 +21,7 @@ from cmjax import TrainHParams, TrainState, create_train_state, make_train_step
 from cmjax.config_loading import load_config
 from cmjax.data.toy2d import DISTRIBUTIONS, sample_toy
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
-from cmjax.sampling import make_sampler, sampler_sigmas
+from cmjax.sampling import make_sampler
 
 
 def toy_config(distribution: str, steps: int):
@@ -66,14 +66,8 @@ def toy_quality(config, state: TrainState, params: Any, n: int = 4000) -> dict[s
             sliced_wasserstein(sample_toy(name, jax.random.key(1), n), held_out, proj_key)
         )
     }
-    for name, sigmas in sampler_sigmas(config).items():
-        draw = make_sampler(
-            state.apply_fn,
-            hp.schedule,
-            (n, *hp.data_shape),
-            sigmas,
-            noise_cond_scale=hp.noise_cond_scale,
-        )
+    for name, plan in hp.objective.sampler_plans().items():
+        draw = make_sampler(hp.objective, state.apply_fn, (n, *hp.data_shape), plan)
         x = draw(params, jax.random.key(5))
         out[f"{name[0]}-step"] = float(sliced_wasserstein(x, held_out, proj_key))
     return out

@@ -7,15 +7,13 @@ config edit after the step is built cannot silently change (or fail to change) w
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from cmjax import ict, losses
+from cmjax.errors import ConfigError
+from cmjax.objectives import Objective, ObjectiveContext, build_objective
 
-
-class ConfigError(ValueError):
-    """A config key is unknown, missing or has a bad value."""
+__all__ = ["ConfigError", "OptimHParams", "TrainHParams", "validate_config"]
 
 
 def _section(config: Mapping[str, Any], name: str, known: set[str]) -> dict[str, Any]:
@@ -32,19 +30,21 @@ def _section(config: Mapping[str, Any], name: str, known: set[str]) -> dict[str,
 
 
 # Keys of the sections that no single dataclass consumes whole (model keys are checked by
-# build_model, ict and optim keys by TrainHParams).
+# build_model, objective and sampling keys by the objective, optim keys by OptimHParams).
 KNOWN_KEYS: dict[str, set[str]] = {
     "": {
         "seed",
         "data",
         "model",
-        "ict",
+        "objective",
+        "ict",  # configs saved by cmjax 0.1: read as objective "ict"
         "optim",
         "training",
         "checkpoint",
         "mesh",
         "sampling",
         "eval",
+        "init_from",
     },
     "data": {
         "name",
@@ -67,7 +67,6 @@ KNOWN_KEYS: dict[str, set[str]] = {
     },
     "checkpoint": {"every_steps", "keep", "milestone_every", "async_save"},
     "mesh": {"fsdp", "dcn_data", "multiprocess"},
-    "sampling": {"two_step_sigma"},
     "eval": {"every_steps", "num_samples", "batch_size", "inception_path", "ref_stats"},
 }
 
@@ -105,30 +104,19 @@ class OptimHParams:
             raise ConfigError(f"config.optim.learning_rate must be > 0, got {self.learning_rate}")
 
 
-_ICT_KEYS = {f.name for f in dataclasses.fields(ict.NoiseSchedule)} - {"total_steps"}
-_LOSS_KEYS = {"loss", "loss_c", "weighting"}
-WEIGHTINGS = ("ict", "uniform")
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainHParams:
-    """Everything the train step needs, resolved from the config."""
+    """Everything the train step needs, resolved once from the config."""
 
-    schedule: ict.NoiseSchedule
+    objective: Objective
     optim: OptimHParams
     data_shape: tuple[int, ...]
+    total_steps: int
     num_classes: int = 0
-    loss: str = "pseudo_huber"
-    loss_c: float = 0.0
-    weighting: str = "ict"
-    noise_cond_scale: float = 1.0
     ema_rates: tuple[float, ...] = (0.99993,)
     seed: int = 0
 
     def __post_init__(self):
-        losses.get_distance(self.loss)
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"config.ict.weighting must be one of {WEIGHTINGS}")
         if not all(0.0 <= r < 1.0 for r in self.ema_rates):
             raise ConfigError(f"EMA rates must lie in [0, 1), got {self.ema_rates}")
         if len(set(self.ema_rates)) != len(self.ema_rates):
@@ -136,7 +124,6 @@ class TrainHParams:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainHParams:
-        ict_cfg = _section(config, "ict", _ICT_KEYS | _LOSS_KEYS)
         optim = _section(config, "optim", {f.name for f in dataclasses.fields(OptimHParams)})
         training = dict(config["training"]) if "training" in config else {}
         data = dict(config["data"]) if "data" in config else {}
@@ -147,28 +134,27 @@ class TrainHParams:
                     f"config needs {'training' if where is training else 'data'}.{key}"
                 )
         data_shape = tuple(int(d) for d in data["shape"])
-        loss_c = ict_cfg.pop("loss_c", None)
-        if loss_c is None or loss_c <= 0:
-            loss_c = losses.default_pseudo_huber_c(math.prod(data_shape))
-        schedule = ict.NoiseSchedule(
-            total_steps=int(training["total_steps"]),
-            **{k: v for k, v in ict_cfg.items() if k in _ICT_KEYS},
-        )
+        total_steps = int(training["total_steps"])
+        if total_steps < 1:
+            raise ConfigError(f"config.training.total_steps must be >= 1, got {total_steps}")
         num_classes = int(data.get("num_classes", 0))
         if int(model.get("num_classes", num_classes)) != num_classes:
             raise ConfigError(
                 f"config.model.num_classes={model['num_classes']} differs from "
                 f"config.data.num_classes={num_classes}"
             )
+        ctx = ObjectiveContext(
+            data_shape=data_shape,
+            total_steps=total_steps,
+            noise_cond_scale=float(model.get("noise_cond_scale", 1.0)),
+            sampling=dict(config["sampling"]) if "sampling" in config else {},
+        )
         return cls(
-            schedule=schedule,
+            objective=build_objective(config, ctx),
             optim=OptimHParams(**optim),
             data_shape=data_shape,
+            total_steps=total_steps,
             num_classes=num_classes,
-            loss=ict_cfg.get("loss", "pseudo_huber"),
-            loss_c=float(loss_c),
-            weighting=ict_cfg.get("weighting", "ict"),
-            noise_cond_scale=float(model.get("noise_cond_scale", 1.0)),
             ema_rates=tuple(float(r) for r in training.get("ema_rates", (0.99993,))),
             seed=int(config.get("seed", 0)),
         )

@@ -1,4 +1,4 @@
-"""``cmjax-sample --workdir=DIR --num_samples=50000 --out=samples.npz [--steps=2]``.
+"""``cmjax-sample --workdir=DIR --num_samples=N --out=x.npz [--steps=2] [--sampler=heun]``.
 
 Restores a work directory's latest (or ``--step``) checkpoint with the config saved inside
 it, draws samples from an EMA tree on every device, and writes them as a uint8 .npz in the
@@ -19,27 +19,39 @@ from ml_collections import ConfigDict
 from cmjax import images, parallel
 from cmjax.checkpoint import Checkpointer, CheckpointError
 from cmjax.evaluation.evaluator import generate
-from cmjax.sampling import sampler_sigmas
+from cmjax.hparams import TrainHParams
+from cmjax.objectives import SamplerPlan
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _NUM = flags.DEFINE_integer("num_samples", 50_000, "How many samples.")
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Samples per device batch (global).")
-_STEPS = flags.DEFINE_integer("steps", 1, "1 (sigma_max) or 2 (+ config.sampling.two_step_sigma).")
-_SIGMAS = flags.DEFINE_list("sigmas", None, "Explicit decreasing sigmas; overrides --steps.")
+_STEPS = flags.DEFINE_integer(
+    "steps",
+    None,
+    "Sampler steps: 1 or 2 for consistency models (2 adds config.sampling.two_step_sigma), "
+    "N Karras sigmas for EDM (Heun: 2N-1 NFE). Default: the objective's first default sampler.",
+)
+_SIGMAS = flags.DEFINE_list(
+    "sigmas", None, "Explicit decreasing noise levels (or times); overrides --steps."
+)
+_SAMPLER = flags.DEFINE_string(
+    "sampler", None, "The objective's solver: 'consistency'; EDM 'heun' or 'euler'."
+)
 _EMA = flags.DEFINE_float("ema_rate", None, "EMA rate to sample from (default: the first).")
 _OUT = flags.DEFINE_string("out", None, "Output .npz (default: WORKDIR/samples_<step>.npz).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
-def sample_sigmas(config, steps: int, explicit=None) -> list[float]:
-    """The sampler's sigmas: explicit, or the config's 1-/2-step defaults (paper settings)."""
-    if explicit:
-        return [float(s) for s in explicit]
-    settings = sampler_sigmas(config)
-    if f"{steps}step" not in settings:
-        raise app.UsageError("--steps must be 1 or 2; pass --sigmas for more")
-    return settings[f"{steps}step"]
+def sampler_plan(config, steps: int | None, times=None, method: str | None = None) -> SamplerPlan:
+    """The run's objective's sampler for ``--steps`` / ``--sigmas`` / ``--sampler``."""
+    objective = TrainHParams.from_config(config).objective
+    if steps is None and not times and method is None:
+        return next(iter(objective.sampler_plans().values()))
+    try:
+        return objective.plan(steps, [float(t) for t in times] if times else None, method)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
 
 
 def restore_run(workdir: str, step: int | None = None):
@@ -62,12 +74,14 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config, state = restore_run(_WORKDIR.value, _STEP.value)
     step = int(jax.device_get(state.step))
-    sigmas = sample_sigmas(config, _STEPS.value, _SIGMAS.value)
+    plan = sampler_plan(config, _STEPS.value, _SIGMAS.value, _SAMPLER.value)
     params = state.ema(_EMA.value) if _EMA.value is not None else None
-    x, y = generate(config, state, sigmas, _NUM.value, _BATCH.value, _SEED.value, params)
+    x, y = generate(config, state, plan, _NUM.value, _BATCH.value, _SEED.value, params)
     is_image = x.ndim == 4
     x = images.to_uint8(x) if is_image else x.astype(np.float32)
-    out = Path(_OUT.value or Path(_WORKDIR.value) / f"samples_{step}_{len(sigmas)}step.npz")
+    tag = f"{plan.method}{len(plan.times)}" if plan.method != "consistency" else ""
+    tag = tag or f"{len(plan.times)}step"
+    out = Path(_OUT.value or Path(_WORKDIR.value) / f"samples_{step}_{tag}.npz")
     if jax.process_index() == 0:
         arrays = {"arr_0": x} if y is None else {"arr_0": x, "arr_1": y}
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +89,7 @@ def main(argv) -> None:
         if is_image:
             grid = images.make_grid(x[:100])
             images.save_png(out.with_suffix(".png"), grid, scale=max(1, 512 // grid.shape[0]))
-        print(f"wrote {len(x)} samples of step {step} (sigmas {sigmas}) to {out}")
+        print(f"wrote {len(x)} samples of step {step} ({plan.describe()}) to {out}")
 
 
 def run() -> None:

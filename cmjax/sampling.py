@@ -1,64 +1,39 @@
-"""One-step and multistep consistency sampling (Song et al. 2023, Algorithm 1)."""
+"""The one sampler interface: any objective's ``SamplerPlan``, jitted and sharded.
+
+``make_sampler(objective, apply_fn, shape, plan)`` returns ``draw(params, rng, labels=None)``
+for the full trained ``params`` (e.g. an EMA tree); the objective picks its network's part and
+runs its own procedure (consistency steps, Heun, ...). ``hp.objective.sampler_plans()`` names
+the defaults ("1step"/"2step" for consistency models, "heun18" for EDM, ...).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from cmjax import ict
-from cmjax.consistency import ApplyFn, consistency_fn
+from cmjax.objectives.base import ApplyFn, Objective, SamplerPlan
 
 
 def sample(
+    objective: Objective,
     apply_fn: ApplyFn,
     params: Any,
     rng: jax.Array,
     shape: tuple[int, ...],
-    sigmas: Sequence[float],
-    *,
-    schedule: ict.NoiseSchedule,
-    noise_cond_scale: float = 1.0,
+    plan: SamplerPlan,
     labels: jax.Array | None = None,
 ) -> jax.Array:
-    """Samples of ``shape`` (B, ...): x = f(sigma_0 z, sigma_0), then for each later sigma s,
-    x <- f(x + sqrt(s^2 - sigma_min^2) z', s). ``sigmas`` starts at sigma_max and decreases.
-    """
-    sigmas = [float(s) for s in sigmas]
-    if not sigmas or any(b >= a for a, b in zip(sigmas, sigmas[1:], strict=False)):
-        raise ValueError(f"sigmas must be a non-empty strictly decreasing list, got {sigmas}")
-    if sigmas[-1] <= schedule.sigma_min or sigmas[0] > schedule.sigma_max:
-        raise ValueError(f"sigmas must lie in (sigma_min, sigma_max], got {sigmas}")
-    keys = jax.random.split(rng, len(sigmas))
-    batch = shape[0]
-
-    def f(x, s):
-        return consistency_fn(
-            apply_fn,
-            params,
-            x,
-            jnp.full((batch,), s, jnp.float32),
-            labels,
-            schedule=schedule,
-            noise_cond_scale=noise_cond_scale,
-        )
-
-    x = f(sigmas[0] * jax.random.normal(keys[0], shape, jnp.float32), sigmas[0])
-    for key, s in zip(keys[1:], sigmas[1:], strict=True):
-        noise = jnp.sqrt(s**2 - schedule.sigma_min**2) * jax.random.normal(key, shape)
-        x = f(x + noise, s)
-    return x
+    """Samples of ``shape`` (B, ...) from trained ``params`` (not jitted)."""
+    return objective.sample(apply_fn, objective.net_params(params), rng, shape, plan, labels)
 
 
 def make_sampler(
+    objective: Objective,
     apply_fn: ApplyFn,
-    schedule: ict.NoiseSchedule,
     shape: tuple[int, ...],
-    sigmas: Sequence[float],
+    plan: SamplerPlan,
     *,
-    noise_cond_scale: float = 1.0,
     mesh=None,
 ):
     """A jitted ``draw(params, rng, labels=None) -> (B, ...)`` for a static sample ``shape``.
@@ -71,26 +46,6 @@ def make_sampler(
     out_shardings = None if mesh is None else parallel.batch_sharding(mesh, len(shape))
 
     def draw(params, rng, labels=None):
-        return sample(
-            apply_fn,
-            params,
-            rng,
-            shape,
-            sigmas,
-            schedule=schedule,
-            noise_cond_scale=noise_cond_scale,
-            labels=labels,
-        )
+        return sample(objective, apply_fn, params, rng, shape, plan, labels)
 
     return jax.jit(draw, out_shardings=out_shardings)
-
-
-def sampler_sigmas(config: Mapping[str, Any]) -> dict[str, list[float]]:
-    """A config's 1- and 2-step sigmas: {"1step": [sigma_max], "2step": [sigma_max, s]}.
-
-    ``s`` is ``config.sampling.two_step_sigma`` (the paper's 0.821 on CIFAR-10, 1.526 on
-    ImageNet 64), 0.821 when the config has no sampling section.
-    """
-    sigma_max = float(config["ict"]["sigma_max"])
-    two = float(config["sampling"]["two_step_sigma"]) if "sampling" in config else 0.821
-    return {"1step": [sigma_max], "2step": [sigma_max, two]}

@@ -26,7 +26,7 @@ from cmjax.checkpoint import Checkpointer, PreemptionWatcher
 from cmjax.data import make_dataset
 from cmjax.evaluation.evaluator import make_evaluator
 from cmjax.hparams import TrainHParams, validate_config
-from cmjax.sampling import make_sampler, sampler_sigmas
+from cmjax.sampling import make_sampler
 from cmjax.train_state import TrainState
 from cmjax.train_step import make_train_step
 
@@ -83,20 +83,15 @@ class _Reporter:
 
 
 def _write_samples(config, hp: TrainHParams, state: TrainState, workdir: Path, writer, step):
-    """1- and 2-step samples from the first EMA tree, as PNG grids and TensorBoard images."""
+    """The objective's default samples (e.g. 1 and 2 steps) from the first EMA tree, as PNG
+    grids and TensorBoard images."""
     if len(hp.data_shape) != 3:
         return
     n = int(_get(config, "training", "num_samples", 64))
     labels = jax.numpy.arange(n) % hp.num_classes if hp.num_classes else None
     grids = {}
-    for name, sigmas in sampler_sigmas(config).items():
-        draw = make_sampler(
-            state.apply_fn,
-            hp.schedule,
-            (n, *hp.data_shape),
-            sigmas,
-            noise_cond_scale=hp.noise_cond_scale,
-        )
+    for name, plan in hp.objective.sampler_plans().items():
+        draw = make_sampler(hp.objective, state.apply_fn, (n, *hp.data_shape), plan)
         x = draw(state.ema_params[0], jax.random.key(hp.seed + 17), labels)
         grids[f"samples_{name}"] = images.make_grid(images.to_uint8(jax.device_get(x)))
     if jax.process_index() == 0:
@@ -127,7 +122,7 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
     parallel.maybe_initialize_distributed(config.get("mesh"))
     hp = TrainHParams.from_config(config)
     workdir = Path(workdir)
-    total = hp.schedule.total_steps
+    total = hp.total_steps
     mesh = parallel.make_mesh(config.get("mesh"))
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)

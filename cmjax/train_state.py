@@ -70,7 +70,8 @@ def create_train_state(
 
     @jax.jit  # one compiled init instead of thousands of eager ops; nests in eval_shape/jit
     def init(rng):
-        params = init_params(model, hp, rng)
+        # The objective may wrap the network's parameters (e.g. sCT's adaptive weight).
+        params = hp.objective.init_params(init_params(model, hp, rng), jax.random.fold_in(rng, 1))
         ema = tuple(jax.tree.map(jnp.copy, params) for _ in hp.ema_rates)  # own buffers
         return params, ema, tx.init(params)
 

@@ -1,4 +1,8 @@
-"""The iCT train step: a pure function of (state, batch, rng), jittable and mesh-agnostic."""
+"""The one train step of every objective: a pure function of (state, batch, rng).
+
+The objective (``hp.objective``) supplies the per-example loss; the step owns everything
+shared: the rng derivation, gradients, the optimizer, the EMA trees and the common metrics.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cmjax import ict, losses
-from cmjax.consistency import student_teacher_outputs
 from cmjax.hparams import TrainHParams
 from cmjax.train_state import TrainState
 
@@ -54,8 +56,7 @@ def make_train_step(
         if isinstance(config_or_hparams, TrainHParams)
         else TrainHParams.from_config(config_or_hparams)
     )
-    schedule = hp.schedule
-    distance = losses.get_distance(hp.loss)
+    objective = hp.objective
 
     def train_step(
         state: TrainState, batch: Batch, rng: jax.Array | None = None
@@ -65,32 +66,13 @@ def make_train_step(
             rng = jax.random.key(hp.seed)
         x = batch["x"].astype(jnp.float32)
         labels = batch.get("label")
-        batch_size = x.shape[0]
-        k_sigma, k_noise, k_dropout = jax.random.split(jax.random.fold_in(rng, state.step), 3)
-        sigma, sigma_next = ict.sample_sigma_pairs(k_sigma, state.step, batch_size, schedule)
-        z = jax.random.normal(k_noise, x.shape, jnp.float32)
-        if hp.weighting == "ict":
-            weight = ict.ict_loss_weight(sigma, sigma_next)
-        else:
-            weight = jnp.ones_like(sigma)
+        key = jax.random.fold_in(rng, state.step)
 
         def loss_fn(params):
-            student, teacher = student_teacher_outputs(
-                state.apply_fn,
-                params,
-                x,
-                z,
-                sigma,
-                sigma_next,
-                labels,
-                k_dropout,
-                schedule=schedule,
-                noise_cond_scale=hp.noise_cond_scale,
-            )
-            dist = distance(student, teacher, hp.loss_c)
-            return jnp.mean(weight * dist), dist
+            loss_B, aux = objective.loss(params, state.apply_fn, x, labels, key, state.step)
+            return jnp.mean(loss_B.astype(jnp.float32)), aux
 
-        (loss, dist), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = tuple(
@@ -98,14 +80,10 @@ def make_train_step(
         )
         metrics = {
             "loss": loss,
-            "distance": jnp.mean(dist),
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
-            "num_scales": ict.num_scales(
-                state.step, schedule.total_steps, schedule.s0, schedule.s1
-            ),
-            "sigma_mean": jnp.mean(sigma_next),
-            "examples": jnp.asarray(batch_size, jnp.int32),
+            "examples": jnp.asarray(x.shape[0], jnp.int32),
+            **aux,
         }
         new_state = state.replace(
             step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state

@@ -8,7 +8,7 @@ from ml_collections import config_dict
 
 from cmjax.config_defaults import (
     add_run_sections,
-    ict_section,
+    objective_section,
     optim_section,
     shrink_to_tiny,
 )
@@ -39,7 +39,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
-    config.ict = ict_section()
+    config.objective = objective_section("ict")
     config.optim = optim_section()
     config.training = config_dict.ConfigDict(
         dict(total_steps=400_000, batch_size=1024, ema_rates=(0.99993,))

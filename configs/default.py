@@ -6,7 +6,7 @@ Class-conditional, a small UNet, trains on 2 CPU cores in minutes. Variants: "" 
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import add_run_sections, ict_section, optim_section
+from cmjax.config_defaults import add_run_sections, objective_section, optim_section
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
@@ -30,7 +30,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
-    config.ict = ict_section()
+    config.objective = objective_section("ict")
     config.optim = optim_section(learning_rate=1e-3)
     config.training = config_dict.ConfigDict(
         dict(

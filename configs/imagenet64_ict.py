@@ -9,7 +9,7 @@ from ml_collections import config_dict
 
 from cmjax.config_defaults import (
     add_run_sections,
-    ict_section,
+    objective_section,
     optim_section,
     shrink_to_tiny,
 )
@@ -39,7 +39,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             noise_cond_scale=1000.0,
         )
     )
-    config.ict = ict_section()
+    config.objective = objective_section("ict")
     config.optim = optim_section()
     config.training = config_dict.ConfigDict(
         dict(total_steps=800_000, batch_size=4096, ema_rates=(0.99997,))

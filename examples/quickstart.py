@@ -31,7 +31,7 @@ out_dir = Path(os.environ.get("CMJAX_QUICKSTART_OUT", "quickstart_out"))
 config = load_config("configs/default.py")
 config.training.total_steps = steps
 hp = TrainHParams.from_config(config)
-print(hp.schedule)
+print(hp.objective)  # the iCT objective: grid, curriculum, loss constants
 
 # %%
 state = create_train_state(config, jax.random.key(config.seed))
@@ -55,16 +55,16 @@ plot_curve(np.asarray(losses), out_dir / "loss.png", title="iCT loss")
 # %%
 labels = jnp.arange(100) % 10
 grids = []
-for sigmas in ([80.0], [80.0, 0.821]):
+for name, plan in hp.objective.sampler_plans().items():  # "1step": [80], "2step": [80, 0.821]
     x = sample(
+        hp.objective,
         state.apply_fn,
         state.ema_params[0],
         jax.random.key(1),
         (100, 8, 8, 1),
-        sigmas,
-        schedule=hp.schedule,
+        plan,
         labels=labels,
     )
     grids.append(make_grid(to_uint8(np.asarray(x)), ncols=10))
-    save_png(out_dir / f"samples_{len(sigmas)}step.png", grids[-1], scale=4)
+    save_png(out_dir / f"samples_{name}.png", grids[-1], scale=4)
 print("wrote", sorted(p.name for p in out_dir.iterdir()))

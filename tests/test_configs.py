@@ -19,7 +19,7 @@ def paper(request):
 @pytest.mark.parametrize("name", sorted(COMMON))
 def test_ict_schedule_constant(paper, name):
     _, _, hp = paper
-    assert getattr(hp.schedule, name) == COMMON[name]
+    assert getattr(hp.objective.schedule, name) == COMMON[name]
 
 
 def test_optimizer_is_radam_1e4_no_warmup_no_clipping(paper):
@@ -31,8 +31,8 @@ def test_optimizer_is_radam_1e4_no_warmup_no_clipping(paper):
 
 def test_loss_is_pseudo_huber_with_ict_weighting(paper):
     spec, _, hp = paper
-    assert (hp.loss, hp.weighting) == ("pseudo_huber", "ict")
-    assert round(hp.loss_c, 4) == (0.0299 if spec.startswith("cifar") else 0.0599)
+    assert (hp.objective.loss_name, hp.objective.weighting) == ("pseudo_huber", "ict")
+    assert round(hp.objective.loss_c, 4) == (0.0299 if spec.startswith("cifar") else 0.0599)
 
 
 def test_batch_steps_ema_dropout_and_conditioning(paper):
@@ -58,11 +58,11 @@ def test_batch_steps_ema_dropout_and_conditioning(paper):
             shape=(64, 64, 3),
         )
     assert config.training.batch_size == want["batch"]
-    assert hp.schedule.total_steps == want["steps"]
+    assert hp.objective.schedule.total_steps == want["steps"]
     assert hp.ema_rates == want["ema"]
     assert config.model.dropout == want["dropout"]
     assert hp.num_classes == config.model.num_classes == want["classes"]
-    assert hp.noise_cond_scale == want["noise_scale"]
+    assert hp.objective.noise_cond_scale == want["noise_scale"]
     assert hp.data_shape == want["shape"]
     assert config.data.random_flip is True
 

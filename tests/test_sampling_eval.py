@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmjax import ict
+from cmjax import ict, objectives
 from cmjax.config_loading import load_config
 from cmjax.evaluation import fid
 from cmjax.evaluation.inception import (
@@ -225,7 +225,7 @@ def test_weight_loader_errors(tmp_path):
         load_inception_weights(tmp_path / "partial.npz")
 
 
-SCHED = ict.NoiseSchedule(total_steps=10)
+ICT = objectives.ICT(schedule=ict.NoiseSchedule(total_steps=10))
 
 
 def _linear_net(variables, x, c, labels, train, rngs=None):
@@ -235,8 +235,8 @@ def _linear_net(variables, x, c, labels, train, rngs=None):
 
 def test_multistep_with_only_sigma_max_is_one_step_and_noise_is_sqrt_s2_minus_min2():
     key = jax.random.key(3)
-    one = sample(_linear_net, {}, key, (4, 5), [80.0], schedule=SCHED)
-    multi = sample(_linear_net, {}, key, (4, 5), (80.0,), schedule=SCHED)
+    one = sample(ICT, _linear_net, {}, key, (4, 5), ICT.plan(1))
+    multi = sample(ICT, _linear_net, {}, key, (4, 5), ICT.plan(times=(80.0,)))
     np.testing.assert_array_equal(np.asarray(one), np.asarray(multi))
     # Two steps by hand: x1 = f(80 z0, 80); x2 = f(x1 + sqrt(s^2 - smin^2) z1, s).
     k0, k1 = jax.random.split(key, 2)
@@ -247,10 +247,11 @@ def test_multistep_with_only_sigma_max_is_one_step_and_noise_is_sqrt_s2_minus_mi
 
     x1 = f(80.0 * jax.random.normal(k0, (4, 5)), 80.0)
     x2 = f(x1 + np.sqrt(0.821**2 - 0.002**2) * jax.random.normal(k1, (4, 5)), 0.821)
-    got = sample(_linear_net, {}, key, (4, 5), [80.0, 0.821], schedule=SCHED)
+    assert ICT.plan(2).times == (80.0, 0.821)
+    got = sample(ICT, _linear_net, {}, key, (4, 5), ICT.plan(2))
     np.testing.assert_allclose(np.asarray(got), np.asarray(x2), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="decreasing"):
-        sample(_linear_net, {}, key, (4, 5), [0.821, 80.0], schedule=SCHED)
+        ICT.plan(times=[0.821, 80.0])
 
 
 def test_sharded_sampling_equals_single_device():
@@ -261,10 +262,9 @@ def test_sharded_sampling_equals_single_device():
     params = jax.tree.map(lambda p: p + 0.01, state.ema_params[0])  # make outputs non-trivial
     mesh = parallel.make_mesh({})
     shape = (8, 32, 32, 3)
-    one = make_sampler(state.apply_fn, SCHED, shape, [80.0, 0.821])(params, jax.random.key(1))
-    eight = make_sampler(state.apply_fn, SCHED, shape, [80.0, 0.821], mesh=mesh)(
-        params, jax.random.key(1)
-    )
+    plan = ICT.plan(2)
+    one = make_sampler(ICT, state.apply_fn, shape, plan)(params, jax.random.key(1))
+    eight = make_sampler(ICT, state.apply_fn, shape, plan, mesh=mesh)(params, jax.random.key(1))
     assert len(eight.sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(one), np.asarray(eight), rtol=1e-4, atol=1e-5)
 
@@ -297,7 +297,7 @@ def test_two_step_beats_one_step_on_toy_data_and_sample_cli(tmp_path):
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
-    assert "sigmas [80.0, 2.0]" in r.stdout
+    assert "consistency at [80, 2] (2 NFE)" in r.stdout
     assert np.load(tmp_path / "s.npz")["arr_0"].shape == (10, 2)
 
 

@@ -12,7 +12,6 @@ from cmjax import ConfigError, TrainHParams, create_train_state, make_train_step
 from cmjax.consistency import consistency_fn, student_teacher_outputs
 from cmjax.data.toy2d import sample_toy
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
-from cmjax.ict import NoiseSchedule
 from cmjax.sampling import sample
 
 
@@ -93,7 +92,6 @@ class DropoutProbe(nn.Module):
 
 
 def test_student_and_teacher_share_the_dropout_mask():
-    sched = NoiseSchedule(total_steps=10)
     probe = DropoutProbe()
     x = jnp.zeros((4, 64))
     sig, sig_next = jnp.full((4,), 0.5), jnp.full((4,), 0.7)
@@ -106,21 +104,17 @@ def test_student_and_teacher_share_the_dropout_mask():
         sig_next,
         None,
         jax.random.key(0),
-        schedule=sched,
     )
     mask_s, mask_t = np.asarray(student) != 0, np.asarray(teacher) != 0
     assert 0.3 < mask_s.mean() < 0.7
     np.testing.assert_array_equal(mask_s, mask_t)
     # The check has teeth: another key gives another mask.
-    other = consistency_fn(
-        probe.apply, {}, x, sig, schedule=sched, train=True, dropout_rng=jax.random.key(1)
-    )
+    other = consistency_fn(probe.apply, {}, x, sig, train=True, dropout_rng=jax.random.key(1))
     assert np.any((np.asarray(other) != 0) != mask_t)
 
 
 def test_teacher_passes_no_gradient(toy_config):
     state = create_train_state(toy_config, jax.random.key(0))
-    sched = TrainHParams.from_config(toy_config).schedule
     x = sample_toy("two_moons", jax.random.key(1), 8)
     z = jax.random.normal(jax.random.key(2), x.shape)
 
@@ -134,7 +128,6 @@ def test_teacher_passes_no_gradient(toy_config):
             jnp.full((8,), 0.7),
             None,
             jax.random.key(0),
-            schedule=sched,
         )
         return t.sum()
 
@@ -143,13 +136,12 @@ def test_teacher_passes_no_gradient(toy_config):
 
 
 def test_boundary_condition_holds_for_any_network_output():
-    sched = NoiseSchedule(total_steps=10)
     x = jax.random.normal(jax.random.key(0), (3, 5))
 
     def wild(variables, x_in, c, labels, train, rngs=None):
         return jnp.full_like(x_in, 1e6)
 
-    out = consistency_fn(wild, {}, x, jnp.full((3,), 0.002), schedule=sched)
+    out = consistency_fn(wild, {}, x, jnp.full((3,), 0.002), sigma_min=0.002)
     np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
 
 
@@ -165,7 +157,8 @@ def test_ema_tracks_params_at_each_rate(toy_config):
 
 
 def test_loss_falls_at_fixed_discretization(toy_config):
-    toy_config.ict.s0 = toy_config.ict.s1 = 40  # N fixed at 41: losses comparable over time
+    # N fixed at 41: losses comparable over time.
+    toy_config.objective.s0 = toy_config.objective.s1 = 40
     toy_config.training.total_steps = 400
     step = jax.jit(make_train_step(toy_config), donate_argnums=0)
     state = create_train_state(toy_config, jax.random.key(0))
@@ -192,9 +185,8 @@ def test_one_step_samples_approach_the_toy_distribution(toy_config):
     held_out = sample_toy("gaussian_mixture", jax.random.key(10_000), 2000)
 
     def sw_one_step(params):
-        x = sample(
-            state.apply_fn, params, jax.random.key(5), (2000, 2), [80.0], schedule=hp.schedule
-        )
+        plan = hp.objective.plan(1)
+        x = sample(hp.objective, state.apply_fn, params, jax.random.key(5), (2000, 2), plan)
         return float(sliced_wasserstein(x, held_out, jax.random.key(7)))
 
     before = sw_one_step(state.params)
@@ -219,21 +211,23 @@ def test_bad_batches_and_config_keys_are_named(toy_config):
         step(state, {"image": jnp.zeros((4, 2))})
     with pytest.raises(ValueError, match="unconditional"):
         step(state, {"x": jnp.zeros((4, 2)), "label": jnp.zeros((4,), jnp.int32)})
-    toy_config.ict.p_meen = -1.1
-    with pytest.raises(ConfigError, match=r"config\.ict\.p_meen"):
+    toy_config.objective.p_meen = -1.1
+    with pytest.raises(ConfigError, match=r"config\.objective\.p_meen"):
         make_train_step(toy_config)
-    del toy_config.ict["p_meen"]
+    del toy_config.objective["p_meen"]
     toy_config.model.widht = 3
     with pytest.raises(ValueError, match=r"config\.model\.widht"):
         create_train_state(toy_config, jax.random.key(0))
 
 
 def test_default_loss_c_follows_data_dimension(image_config):
-    assert TrainHParams.from_config(image_config).loss_c == pytest.approx(0.00054 * np.sqrt(192))
+    assert TrainHParams.from_config(image_config).objective.loss_c == pytest.approx(
+        0.00054 * np.sqrt(192)
+    )
     image_config.data.shape = (32, 32, 3)
-    assert round(TrainHParams.from_config(image_config).loss_c, 4) == 0.0299
-    image_config.ict.loss_c = 0.1
-    assert TrainHParams.from_config(image_config).loss_c == 0.1
+    assert round(TrainHParams.from_config(image_config).objective.loss_c, 4) == 0.0299
+    image_config.objective.loss_c = 0.1
+    assert TrainHParams.from_config(image_config).objective.loss_c == 0.1
 
 
 def test_fsdp_shards_parameters_and_matches_replicated(image_config):

@@ -18,27 +18,28 @@ from cmjax import images, parallel
 from cmjax.data import make_dataset
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
 from cmjax.hparams import TrainHParams
-from cmjax.sampling import make_sampler, sampler_sigmas
+from cmjax.objectives import SamplerPlan
+from cmjax.sampling import make_sampler
 from cmjax.train_state import TrainState
 
 
 def generate(
-    config, state: TrainState, sigmas, num: int, batch: int, seed: int = 0, params=None
+    config,
+    state: TrainState,
+    plan: SamplerPlan,
+    num: int,
+    batch: int,
+    seed: int = 0,
+    params=None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``num`` samples (float, on every process) and their labels, drawn on all devices."""
+    """``num`` samples (float, on every process) and their labels, drawn on all devices with
+    the objective's sampler ``plan`` from ``params`` (default: the first EMA tree)."""
     hp = TrainHParams.from_config(config)
     mesh = parallel.make_mesh(config.get("mesh"))
     n_dev = jax.device_count()
     batch = max(n_dev, batch - batch % n_dev)
     params = state.ema_params[0] if params is None else params
-    draw = make_sampler(
-        state.apply_fn,
-        hp.schedule,
-        (batch, *hp.data_shape),
-        sigmas,
-        noise_cond_scale=hp.noise_cond_scale,
-        mesh=mesh,
-    )
+    draw = make_sampler(hp.objective, state.apply_fn, (batch, *hp.data_shape), plan, mesh=mesh)
     out, labels = [], []
     for i in range(math.ceil(num / batch)):
         y = None
@@ -59,7 +60,7 @@ def make_evaluator(config: Mapping[str, Any]) -> Callable[[TrainState], dict[str
     hp = TrainHParams.from_config(config)
     num = int(ev.get("num_samples", 1000))
     batch = int(ev.get("batch_size", 256))
-    sigmas = sampler_sigmas(config)
+    plans = hp.objective.sampler_plans()
     if len(hp.data_shape) == 1:
         held_out = _held_out(config, num)
 
@@ -67,10 +68,12 @@ def make_evaluator(config: Mapping[str, Any]) -> Callable[[TrainState], dict[str
             return {
                 f"sw_{name}": float(
                     sliced_wasserstein(
-                        generate(config, state, s, num, batch)[0], held_out, jax.random.key(7)
+                        generate(config, state, plan, num, batch)[0],
+                        held_out,
+                        jax.random.key(7),
                     )
                 )
-                for name, s in sigmas.items()
+                for name, plan in plans.items()
             }
 
         return evaluate_sw
@@ -92,8 +95,8 @@ def make_evaluator(config: Mapping[str, Any]) -> Callable[[TrainState], dict[str
 
     def evaluate_fid(state):
         out = {}
-        for name, s in sigmas.items():
-            x = images.to_uint8(generate(config, state, s, num, batch)[0])
+        for name, plan in plans.items():
+            x = images.to_uint8(generate(config, state, plan, num, batch)[0])
             if x.shape[-1] == 1:
                 x = np.repeat(x, 3, axis=-1)
             chunks = (x[i : i + batch] for i in range(0, len(x), batch))
