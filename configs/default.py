@@ -1,17 +1,34 @@
 """The embedded default: iCT on scikit-learn's 8x8 handwritten digits (no download).
 
-Class-conditional, a small UNet, trains on 2 CPU cores in minutes. Variants: "" and "tiny"
-(a few steps, for tests).
+Class-conditional, a small UNet, trains on 2 CPU cores in minutes. Variant: comma-separated
+tokens, ``tiny`` (a few steps, for tests) and/or an objective (``ict`` (default), ``edm``,
+...), e.g. ``configs/default.py:edm`` or ``configs/default.py:tiny,edm``.
 """
 
 from ml_collections import config_dict
 
 from cmjax.config_defaults import add_run_sections, objective_section, optim_section
 
+# Per-objective settings on the digits: objective overrides and the sampling section.
+OBJECTIVE_SETTINGS = {
+    "ict": dict(objective={}, sampling=dict(two_step_sigma=0.821)),
+    "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
+}
+
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
-    if variant not in ("", "tiny"):
-        raise ValueError(f"unknown default variant {variant!r}; use '' or 'tiny'")
+    size, objective = "", "ict"
+    for token in filter(None, variant.split(",")):
+        if token == "tiny":
+            size = token
+        elif token in OBJECTIVE_SETTINGS:
+            objective = token
+        else:
+            raise ValueError(
+                f"unknown default variant token {token!r}; use 'tiny' and/or one of "
+                f"{sorted(OBJECTIVE_SETTINGS)}, comma-separated"
+            )
+    settings = OBJECTIVE_SETTINGS[objective]
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = config_dict.ConfigDict(
@@ -30,7 +47,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
-    config.objective = objective_section("ict")
+    config.objective = objective_section(objective, **settings["objective"])
     config.optim = optim_section(learning_rate=1e-3)
     config.training = config_dict.ConfigDict(
         dict(
@@ -40,9 +57,14 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
         )
     )
     add_run_sections(
-        config, checkpoint_every=1000, log_every=200, sample_every=1000, num_samples=100
+        config,
+        sampling=settings["sampling"],
+        checkpoint_every=1000,
+        log_every=200,
+        sample_every=1000,
+        num_samples=100,
     )
-    if variant == "tiny":
+    if size == "tiny":
         config.model.update(channels=8)
         config.training.update(
             total_steps=6, batch_size=16, log_every=2, sample_every=6, num_samples=16
