@@ -76,7 +76,7 @@ class _Reporter:
             done,
             self.total,
             m["loss"],
-            int(m["num_scales"]),
+            int(m.get("num_scales", 0)),  # iCT's N(k); 0 for objectives without one
             rate,
             time.strftime("%H:%M:%S", time.gmtime(eta)),
         )

@@ -13,6 +13,8 @@ from cmjax.config_defaults import add_run_sections, objective_section, optim_sec
 OBJECTIVE_SETTINGS = {
     "ict": dict(objective={}, sampling=dict(two_step_sigma=0.821)),
     "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
+    # ECT: stage length d = 500 steps, 6 stages over the 3,000-step digits run.
+    "ect": dict(objective=dict(d=500), sampling=dict(two_step_sigma=0.821)),
 }
 
 
