@@ -183,6 +183,19 @@ class ECT(ConsistencySampling, Objective):
             dropout_rng=dropout_rng,
         )
 
+    def sample_fn(self, apply_fn, params, x, sigma_B, labels=None):
+        """f(x, sigma) as sampled: the sigma_min-offset consistency function, f(x, smin) = x."""
+        return consistency_fn(
+            apply_fn,
+            params,
+            x,
+            sigma_B,
+            labels,
+            sigma_data=self.sigma_data,
+            sigma_min=self.sigma_min,
+            noise_cond_scale=self.noise_cond_scale,
+        )
+
     def loss(
         self,
         params: Any,
