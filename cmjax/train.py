@@ -26,6 +26,7 @@ from cmjax.checkpoint import Checkpointer, PreemptionWatcher
 from cmjax.data import make_dataset
 from cmjax.evaluation.evaluator import make_evaluator
 from cmjax.hparams import TrainHParams, validate_config
+from cmjax.init_from import apply_init_from
 from cmjax.sampling import make_sampler
 from cmjax.train_state import TrainState
 from cmjax.train_step import make_train_step
@@ -147,6 +148,7 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
             )
     else:
         state = parallel.create_sharded_train_state(config, abstract, jax.random.key(hp.seed))
+        state = apply_init_from(config, state, mesh)  # config.init_from: another run's EMA
     start = int(jax.device_get(state.step))
     dataset = make_dataset(config, jax.process_index(), jax.process_count())
     # Built by a jit so that multi-process runs get one global, replicated key.
