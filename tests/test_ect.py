@@ -201,3 +201,35 @@ def test_one_compilation_across_stages():
         assert np.isfinite(float(metrics["loss"]))
     assert stages == [0, 0, 1, 1, 2, 2, 3, 3]
     assert len(traces) == 1
+
+
+def test_cifar10_recipes():
+    ect = load_config("cifar10_ect")
+    assert ect.model.name == "ddpmpp" and ect.model.dropout == 0.2
+    assert (ect.model.model_channels, tuple(ect.model.channel_mult), ect.model.num_blocks) == (
+        128,
+        (2, 2, 2),
+        4,
+    )
+    assert (ect.training.batch_size, ect.training.total_steps) == (128, 400_000)
+    assert tuple(ect.training.ema_rates) == (0.9999,)
+    assert (ect.optim.name, ect.optim.learning_rate) == ("radam", 1e-4)
+    assert (ect.objective.q, ect.objective.d, ect.sampling.two_step_sigma) == (2.0, 25_000, 0.821)
+    hour = load_config("cifar10_ect:1gpuhour")
+    assert hour.objective.q == 256.0 and tuple(hour.training.ema_rates) == (0.9993,)
+    assert hour.training.total_steps * hour.training.batch_size == 1_024_000  # 80 ticks
+    assert TrainHParams.from_config(hour).objective.d > hour.training.total_steps  # stage 0
+    edm = load_config("cifar10_edm")
+    assert (edm.training.batch_size, edm.optim.name, edm.optim.learning_rate) == (512, "adam", 1e-3)
+    assert edm.training.total_steps == 390_625 and edm.model.dropout == 0.13
+    # EMA half-life 0.5 M images at batch 512.
+    assert edm.training.ema_rates[0] ** (500_000 / 512) == (pytest.approx(0.5))
+    # The tiny variants share one network, so cifar10_ect:tiny can init_from cifar10_edm:tiny.
+    shapes = [
+        jax.tree.map(
+            lambda a: a.shape,
+            jax.eval_shape(lambda r, c=c: create_train_state(c, r), jax.random.key(0)).params,
+        )
+        for c in (load_config("cifar10_edm:tiny"), load_config("cifar10_ect:tiny"))
+    ]
+    assert shapes[0] == shapes[1]
