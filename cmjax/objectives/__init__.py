@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | ``ict`` | consistency training from scratch (Song & Dhariwal 2023) | DESIGN.md §1 |
 | ``edm`` | EDM diffusion, Heun sampler (Karras et al. 2022) | OBJECTIVES.md §2 |
-| ``ect`` | easy consistency tuning, from scratch or from an EDM run (Geng et al. 2024) | OBJECTIVES.md §3 |
+| ``ect`` | easy consistency tuning, e.g. from an EDM run (Geng et al. 2024) | OBJECTIVES.md §3 |
 """
 
 from __future__ import annotations
