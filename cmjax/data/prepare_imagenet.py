@@ -25,6 +25,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -239,7 +240,17 @@ def _make_pool(workers: int):
     # fork: workers inherit the imported modules (no per-worker start-up); no JAX runs here.
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    return ctx.Pool(workers)
+    return ctx.Pool(workers, initializer=_worker_signals)
+
+
+def _worker_signals() -> None:
+    """Ctrl-C and kill reach the parent, which stops the workers: no worker tracebacks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--max-chunks", type=int, default=None, help="stop after this many chunks (resumable)"
     )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         prepare(  # an unfinished run (--max-chunks) says so; it resumes later
             args.src,
