@@ -3,6 +3,12 @@
 Variants: "" (the paper recipe), "deep" (twice the res blocks: 6 per resolution, iCT-deep:
 3.25 / 2.77, the paper's headline numbers),
 "tiny" (same code, tiny widths and budget, for tests and CPU demos).
+
+Data: ``imagenet64`` reads TFDS ``imagenet_resized/64x64`` (quick to get, but whole images
+squeezed to 64x64 without cropping, unlike the FID reference batch). The data the ADM / CM
+reference batch was made from (ADM center crop, box + bicubic) is the prepared folder of
+``cmjax-prepare-imagenet --src=.../train --out=DIR``, selected with
+``--config.data.name=prepared --config.data.path=DIR``.
 """
 
 from ml_collections import config_dict
@@ -21,7 +27,13 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = config_dict.ConfigDict(
-        dict(name="imagenet64", shape=(64, 64, 3), num_classes=1000, random_flip=True)
+        dict(
+            name="imagenet64",  # or "prepared" (ADM preprocessing) with path=DIR
+            path="",
+            shape=(64, 64, 3),
+            num_classes=1000,
+            random_flip=True,
+        )
     )
     config.model = config_dict.ConfigDict(
         dict(

@@ -93,7 +93,7 @@ class Dataset:
 
 
 TFDS_NAMES = {"cifar10": ("cifar10", False), "imagenet64": ("imagenet_resized/64x64", True)}
-SOURCES = ("toy2d", "digits", "cifar10", "imagenet64", "tfds", "npz", "image_folder")
+SOURCES = ("toy2d", "digits", "cifar10", "imagenet64", "tfds", "npz", "image_folder", "prepared")
 
 
 def make_source(data: Mapping[str, Any], seed: int = 0):
@@ -127,6 +127,8 @@ def make_source(data: Mapping[str, Any], seed: int = 0):
         return sources.npz_source(data.get("path", ""), shape, num_classes)
     if name == "image_folder":
         return sources.image_folder_source(data.get("path", ""), shape, num_classes)
+    if name == "prepared":
+        return sources.prepared_source(data.get("path", ""), shape, num_classes)
     raise sources.DataError(f"unknown config.data.name {name!r}; choose one of {SOURCES}")
 
 

@@ -234,3 +234,36 @@ def image_folder_source(path: str, shape: Sequence[int], num_classes: int) -> Ar
         index = {name: k for k, name in enumerate(classes)}
         labels = np.array([index[f.parent.relative_to(root).as_posix()] for f in files], np.int32)
     return ArraySource(x, labels, root.name)
+
+
+def prepared_source(path: str, shape: Sequence[int], num_classes: int) -> ArraySource:
+    """A folder written by ``cmjax-prepare-imagenet``: ``images.npy`` uint8 (N, H, W, C) read
+    by memory map (only the requested rows are read), ``labels.npy`` int (N,), ``info.json``."""
+    import json
+
+    root = Path(path)
+    hint = f"prepare it with `cmjax-prepare-imagenet --src=<train folder> --out={root}`"
+    if not root.is_dir():
+        raise DataError(f"prepared data folder {root} does not exist; {hint}")
+    if not (root / "info.json").is_file():
+        raise DataError(f"{root} is not a finished prepared folder (no info.json); {hint}")
+    info = json.loads((root / "info.json").read_text())
+    try:
+        x = np.load(root / "images.npy", mmap_mode="r")
+        labels = np.load(root / "labels.npy")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{root}: cannot read images.npy/labels.npy ({e}); {hint}") from e
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != tuple(shape):
+        raise DataError(
+            f"{root}/images.npy is {x.dtype} {x.shape}, config.data.shape is {tuple(shape)}; "
+            "prepare with a matching --image-size or change config.data.shape"
+        )
+    if len(labels) != len(x):
+        raise DataError(f"{root}: {len(x)} images but {len(labels)} labels")
+    if num_classes and num_classes != info.get("num_classes"):
+        raise DataError(
+            f"{root} has {info.get('num_classes')} classes, config.data.num_classes is "
+            f"{num_classes}"
+        )
+    labels = _check_labels(labels, num_classes, str(root)) if num_classes else None
+    return ArraySource(x, labels, root.name)
