@@ -54,6 +54,20 @@ def pixel_norm(a: jax.Array, eps: float = 1e-8) -> jax.Array:
     return a * jax.lax.rsqrt(jnp.mean(jnp.square(a), axis=-1, keepdims=True) + eps)
 
 
+def modulate(normed, scale, shift, double_norm: bool = False):
+    """AdaGN: a normalized (B, H, W, C) map modulated by per-example (B, C) scale and shift.
+
+    normed * (1 + scale) + shift (ADM's scale-shift norm, EDM's adaptive_scale), or with
+    ``double_norm`` sCM's adaptive double normalization (Lu & Song 2024, Sec. 4.1):
+    normed * pnorm(scale) + pnorm(shift).
+    """
+    if double_norm:
+        scale, shift = pixel_norm(scale), pixel_norm(shift)
+    else:
+        scale = 1.0 + scale
+    return normed * scale[:, None, None, :] + shift[:, None, None, :]
+
+
 def dropout_rate_at(rate: float, resolution: int, max_resolution: int | None) -> float:
     """The dropout rate of a layer whose feature maps are ``resolution`` pixels wide.
 
