@@ -160,15 +160,17 @@ def config_changes(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[
     ]
 
 
-def _check_run_config(config: Mapping[str, Any], num_devices: int) -> None:
-    """Values that would otherwise fail deep inside JAX or numpy."""
+def _check_run_config(config: Mapping[str, Any], num_devices: int | None) -> None:
+    """Values that would otherwise fail deep inside JAX or numpy (devices: once known)."""
+    if "training" not in config:
+        return  # validate_config names the missing section
     training = config["training"]
     for key in ("total_steps", "batch_size", "log_every"):
         value = training.get(key, 1)
         if not isinstance(value, int) or value <= 0:
             raise UserError(f"config.training.{key} must be a positive integer, got {value!r}")
-    batch = int(training["batch_size"])
-    if batch % num_devices:
+    batch = int(training.get("batch_size", 1))
+    if num_devices and batch % num_devices:
         raise UserError(
             f"config.training.batch_size={batch} does not split over {num_devices} devices; "
             f"use a multiple of {num_devices} (e.g. {max(1, batch // num_devices) * num_devices})"
@@ -273,6 +275,7 @@ def _count_params(abstract) -> int:
 
 def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainState:
     """Train (or resume) the run in ``workdir``; returns the final TrainState."""
+    _check_run_config(config, None)
     validate_config(config)
     parallel.maybe_initialize_distributed(config.get("mesh"))
     hp = TrainHParams.from_config(config)

@@ -7,6 +7,7 @@ Class-conditional, a small UNet, trains on 2 CPU cores in minutes. Variants: "" 
 from ml_collections import config_dict
 
 from cmjax.config_defaults import add_run_sections, ict_section, optim_section
+from cmjax.data.pipeline import data_source_keys
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
@@ -15,7 +16,9 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = config_dict.ConfigDict(
-        dict(name="digits", shape=(8, 8, 1), num_classes=10, random_flip=False)
+        dict(
+            name="digits", shape=(8, 8, 1), num_classes=10, random_flip=False, **data_source_keys()
+        )
     )
     config.model = config_dict.ConfigDict(
         dict(

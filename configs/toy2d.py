@@ -6,6 +6,7 @@ Variants: ``gaussian_mixture`` (default), ``checkerboard``, ``two_moons``.
 from ml_collections import config_dict
 
 from cmjax.config_defaults import add_run_sections, ict_section, optim_section
+from cmjax.data.pipeline import data_source_keys
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -16,7 +17,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = config_dict.ConfigDict(
-        dict(name="toy2d", distribution=arg or "gaussian_mixture", shape=(2,), num_classes=0)
+        dict(
+            name="toy2d",
+            distribution=arg or "gaussian_mixture",
+            shape=(2,),
+            num_classes=0,
+            random_flip=False,
+            **data_source_keys(),
+        )
     )
     config.model = config_dict.ConfigDict(
         dict(

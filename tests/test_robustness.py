@@ -14,10 +14,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from cmjax import parallel
 from cmjax.checkpoint import Checkpointer, CheckpointError, state_digest
 from cmjax.config_loading import load_config
+from cmjax.data import DataError, make_source
 from cmjax.train import NonFiniteError, train_and_evaluate
 from cmjax.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
 
@@ -253,3 +255,140 @@ def test_divergence_names_the_step_and_how_to_go_on(trained, tmp_path):
     assert "newest checkpoint, step 20" in message and "may already be diverging" in message
     assert "(10)" in message and "move the newer step folders" in message
     assert "new --workdir" in message
+
+
+# 5. Mis-sized images are refused unless resizing is asked for --------------------------------
+
+
+def _png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (8, 12)])
+def test_npz_of_another_size_is_refused_unless_resize(tmp_path, size, caplog):
+    path = tmp_path / "imgs.npz"
+    np.savez(path, x=np.random.default_rng(0).integers(0, 256, (6, *size, 3), dtype=np.uint8))
+    data = dict(name="npz", path=str(path), shape=(8, 8, 3), num_classes=0)
+    with pytest.raises(DataError) as info:
+        make_source(data)
+    message = str(info.value)
+    assert "imgs.npz" in message and f"{size[0]}x{size[1]}x3" in message and "8x8x3" in message
+    assert "config.data.resize=True" in message and "\n" not in message
+    with caplog.at_level("WARNING", logger="cmjax"):
+        src = make_source(dict(data, resize=True))
+    assert src.x.shape == (6, 8, 8, 3)
+    assert any(f"from {size[0]}x{size[1]} to 8x8" in r.getMessage() for r in caplog.records)
+
+
+def test_image_folder_of_mixed_sizes_names_the_odd_file(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        _png(tmp_path / f"{i}.png", rng.integers(0, 256, (8, 8, 3), np.uint8))
+    _png(tmp_path / "3.png", rng.integers(0, 256, (16, 16, 3), np.uint8))
+    data = dict(name="image_folder", path=str(tmp_path), shape=(8, 8, 3), num_classes=0)
+    with pytest.raises(DataError, match=r"3\.png: images are 16x16x3 but config\.data\.shape"):
+        make_source(data)
+    with caplog.at_level("WARNING", logger="cmjax"):
+        src = make_source(dict(data, resize=True))
+    np.testing.assert_array_equal(src.x[0], np.asarray(Image.open(tmp_path / "0.png")))
+    assert any("resized 1 of 4 images" in r.getMessage() for r in caplog.records)
+
+
+def test_digits_at_another_shape_need_resize():
+    with pytest.raises(DataError, match="digits: images are 8x8x1"):
+        make_source(dict(name="digits", shape=(16, 16, 1), num_classes=0))
+    assert make_source(dict(name="digits", shape=(16, 16, 1), resize=True)).x.shape[1:] == (
+        16,
+        16,
+        1,
+    )
+
+
+# 6. Data is validated when loaded ------------------------------------------------------------
+
+
+def test_non_finite_vectors_name_file_and_index(tmp_path):
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    x[17, 1] = np.nan
+    x[30, 0] = np.inf
+    np.savez(tmp_path / "pts.npz", x=x)
+    with pytest.raises(DataError) as info:
+        make_source(dict(name="npz", path=str(tmp_path / "pts.npz"), shape=(2,)))
+    message = str(info.value)
+    assert "pts.npz" in message and "example 17" in message and "(17, 1)" in message
+    assert "2 example(s)" in message
+    big = np.full((3, 2), 1e300)  # finite float64, inf as float32
+    np.savez(tmp_path / "big.npz", x=big)
+    with pytest.raises(DataError, match=r"big\.npz 'x' \(as float32\): example 0"):
+        make_source(dict(name="npz", path=str(tmp_path / "big.npz"), shape=(2,)))
+
+
+def test_truncated_png_and_npz_are_named(tmp_path):
+    _png(tmp_path / "imgs" / "good.png", np.zeros((8, 8, 3), np.uint8))
+    _png(tmp_path / "imgs" / "broken.png", np.zeros((8, 8, 3), np.uint8))
+    broken = tmp_path / "imgs" / "broken.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    with pytest.raises(DataError, match=r"broken\.png cannot be read as an image"):
+        make_source(dict(name="image_folder", path=str(tmp_path / "imgs"), shape=(8, 8, 3)))
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 2)))
+    (tmp_path / "d.npz").write_bytes((tmp_path / "d.npz").read_bytes()[:100])
+    with pytest.raises(DataError, match=r"d\.npz cannot be read"):
+        make_source(dict(name="npz", path=str(tmp_path / "d.npz"), shape=(2,)))
+
+
+# 8. Every shipped config takes every data key; the README's custom-data example runs ---------
+
+
+def test_every_shipped_config_has_every_data_key():
+    from cmjax.hparams import KNOWN_KEYS
+
+    wanted = KNOWN_KEYS["data"] - {"distribution"}  # toy2d's own
+    for spec in ("default", "default:tiny", "toy2d", "cifar10_ict", "imagenet64_ict:tiny"):
+        missing = wanted - set(load_config(spec).data)
+        assert not missing, (spec, missing)
+
+
+def test_readme_custom_data_example_runs_as_written_and_reports_progress(tmp_path):
+    """Also issue 17: set-up steps are logged as they happen, and step 1 right after compiling."""
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [ln for ln in readme.splitlines() if "--config.data.name=npz" in ln]
+    args = shlex.split(line, comments=True)
+    assert args[0] == "cmjax-train"
+    path = next(a for a in args if a.startswith("--config.data.path=")).split("=", 1)[1]
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / path, x=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))
+    budget = [  # as written, plus a test-sized budget
+        "--config.training.total_steps=2",
+        "--config.training.batch_size=8",
+        "--config.training.log_every=100",
+        "--config.checkpoint.every_steps=2",
+        "--config.training.sample_every=0",
+        "--config.model.channels=8",
+    ]
+    r = subprocess.run(
+        [sys.executable, "-m", "cmjax.main", *args[1:], *budget],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    milestones = [
+        "setting up the run",
+        "devices: ",
+        "initializing a new state",
+        "data: my_images.npz, 40 examples of shape (32, 32, 3)",
+        "compiling the train step",
+        "compiled in",
+        "step 1/2",  # not only at log_every
+        "step 2/2",
+    ]
+    positions = [r.stdout.find(m) for m in milestones]
+    assert -1 not in positions and positions == sorted(positions), r.stdout
