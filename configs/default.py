@@ -14,6 +14,7 @@ OBJECTIVE_SETTINGS = {
     "ict": dict(objective={}, sampling=dict(two_step_sigma=0.821)),
     "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
 }
+from cmjax.data.pipeline import data_source_keys
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
@@ -32,7 +33,9 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = config_dict.ConfigDict(
-        dict(name="digits", shape=(8, 8, 1), num_classes=10, random_flip=False)
+        dict(
+            name="digits", shape=(8, 8, 1), num_classes=10, random_flip=False, **data_source_keys()
+        )
     )
     config.model = config_dict.ConfigDict(
         dict(

@@ -19,6 +19,7 @@ from cmjax.config_defaults import (
     optim_section,
     shrink_to_tiny,
 )
+from cmjax.data.pipeline import data_source_keys
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
@@ -29,10 +30,10 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config.data = config_dict.ConfigDict(
         dict(
             name="imagenet64",  # or "prepared" (ADM preprocessing) with path=DIR
-            path="",
             shape=(64, 64, 3),
             num_classes=1000,
             random_flip=True,
+            **data_source_keys(),
         )
     )
     config.model = config_dict.ConfigDict(

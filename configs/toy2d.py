@@ -8,6 +8,7 @@ Variant: comma-separated tokens, each a distribution (``gaussian_mixture`` (defa
 from ml_collections import config_dict
 
 from cmjax.config_defaults import add_run_sections, objective_section, optim_section
+from cmjax.data.pipeline import data_source_keys
 
 # Per-objective settings on the toys: objective overrides and the sampling section.
 OBJECTIVE_SETTINGS = {
@@ -42,7 +43,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = config_dict.ConfigDict(
-        dict(name="toy2d", distribution=distribution, shape=(2,), num_classes=0)
+        dict(
+            name="toy2d",
+            distribution=distribution,
+            shape=(2,),
+            num_classes=0,
+            random_flip=False,
+            **data_source_keys(),
+        )
     )
     config.model = config_dict.ConfigDict(
         dict(
