@@ -8,13 +8,13 @@ tokens, ``tiny`` (a few steps, for tests) and/or an objective (``ict`` (default)
 from ml_collections import config_dict
 
 from cmjax.config_defaults import add_run_sections, objective_section, optim_section
+from cmjax.data.pipeline import data_source_keys
 
 # Per-objective settings on the digits: objective overrides and the sampling section.
 OBJECTIVE_SETTINGS = {
     "ict": dict(objective={}, sampling=dict(two_step_sigma=0.821)),
     "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
 }
-from cmjax.data.pipeline import data_source_keys
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
