@@ -13,13 +13,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import ConfigDict
 
 from cmjax import images, parallel
 from cmjax.checkpoint import Checkpointer, CheckpointError
+from cmjax.cli import run_and_exit
 from cmjax.evaluation.evaluator import generate
 from cmjax.sampling import sampler_sigmas
+from cmjax.user_errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -38,28 +40,46 @@ def sample_sigmas(config, steps: int, explicit=None) -> list[float]:
         return [float(s) for s in explicit]
     settings = sampler_sigmas(config)
     if f"{steps}step" not in settings:
-        raise app.UsageError("--steps must be 1 or 2; pass --sigmas for more")
+        raise UserError("--steps must be 1 or 2; pass --sigmas for more")
     return settings[f"{steps}step"]
 
 
 def restore_run(workdir: str, step: int | None = None):
     """(config, state) of a work directory's checkpoint, laid out on this machine's mesh."""
+    if not (Path(workdir) / "checkpoints").is_dir():
+        raise CheckpointError(f"{workdir} has no checkpoints/ folder; pass a cmjax-train --workdir")
     checkpointer = Checkpointer(workdir, read_only=True)
     try:
-        step = checkpointer.latest_step() if step is None else step
+        steps = checkpointer.all_steps()
+        step = (steps[0] if steps else None) if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {checkpointer.directory}; train first")
+        if step not in steps:
+            raise CheckpointError(f"no checkpoint of step {step} in {workdir}; it has {steps}")
         config = ConfigDict(checkpointer.restored_config(step))
         mesh = parallel.make_mesh(config.get("mesh"))
-        state = checkpointer.restore(parallel.abstract_train_state(config, mesh), step)
+        try:
+            state = checkpointer.restore(parallel.abstract_train_state(config, mesh), step)
+        except CheckpointError as e:
+            older = [s for s in steps if s < step]
+            hint = f"; pass --step={older[0]} for the newest older one" if older else ""
+            raise CheckpointError(f"{e}{hint}") from e
     finally:
         checkpointer.close()
     return config, state
 
 
+def _check_flags() -> None:
+    for flag in (_NUM, _BATCH):
+        if flag.value <= 0:
+            raise UserError(f"--{flag.name} must be a positive integer, got {flag.value}")
+    if _WORKDIR.value is None:
+        raise UserError("--workdir is required: the cmjax-train work directory to sample from")
+
+
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv
+    _check_flags()
     config, state = restore_run(_WORKDIR.value, _STEP.value)
     step = int(jax.device_get(state.step))
     sigmas = sample_sigmas(config, _STEPS.value, _SIGMAS.value)
@@ -79,8 +99,8 @@ def main(argv) -> None:
 
 
 def run() -> None:
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    """Console-script entry point: one line on stderr for any error (see cmjax/cli.py)."""
+    run_and_exit("cmjax-sample", main, lambda: None)
 
 
 if __name__ == "__main__":
