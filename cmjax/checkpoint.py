@@ -45,6 +45,7 @@ class PreemptionWatcher:
         self._flag = threading.Event()
         self._previous: dict[int, Any] = {}
         self._on_interrupt = on_interrupt
+        self.interrupted = False  # the flag came from Ctrl-C (not SIGTERM)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._on_signal)
@@ -55,8 +56,10 @@ class PreemptionWatcher:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         self._flag.set()
-        if signum == signal.SIGINT and self._on_interrupt is not None:
-            self._on_interrupt()
+        if signum == signal.SIGINT:
+            self.interrupted = True
+            if self._on_interrupt is not None:
+                self._on_interrupt()
 
     def requested(self) -> bool:
         local = self._flag.is_set()

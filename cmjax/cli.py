@@ -18,10 +18,19 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from absl import flags
-from absl import logging as absl_logging
+# Before TensorFlow (imported by clu) loads: its C++ start-up notices are not for our users.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from cmjax.user_errors import UserError, environment_oserror, one_line, user_error_types
+from absl import flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+
+from cmjax.user_errors import (  # noqa: E402
+    UserError,
+    environment_oserror,
+    one_line,
+    user_error_types,
+)
 
 if "verbose" not in flags.FLAGS:
     flags.DEFINE_bool("verbose", False, "Print full tracebacks on errors.")
@@ -32,17 +41,28 @@ EXIT_INTERRUPTED = 130
 
 
 def quiet_third_party_logs() -> None:
-    """orbax, clu and absl log every save/restore at INFO; keep WARNING and above."""
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    absl_logging.set_stderrthreshold(absl_logging.WARNING)
+    """orbax, clu and TFDS log every save/restore at INFO and their own housekeeping at
+    WARNING (e.g. 'Variant folder ... has no dataset_info.json' before our own one-line
+    message); the CLIs show only their errors. cmjax's own log is unaffected."""
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    absl_logging.set_stderrthreshold(absl_logging.ERROR)
     for name in ("absl", "orbax", "jax._src.xla_bridge"):
-        logging.getLogger(name).setLevel(logging.ERROR if name != "absl" else logging.WARNING)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def flag_error_message(e: BaseException) -> str:
+def flag_error_message(e: BaseException, argv: list[str] = ()) -> str:
     """A one-line message for a flag-parsing error (unknown --config.x keys, bad config file)."""
     text = str(e)
+    if isinstance(e, (AttributeError, KeyError)):  # a locked ConfigDict: unknown key
+        keys = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+        named = [k for k in keys if re.search(rf"\b{re.escape(k.rsplit('.', 1)[-1])}\b", text)]
+        key = named[0] if named else "given with --config."
+        hint = re.search(r'Did you mean "([^"]+)"', text)
+        return (
+            f"unknown config key {key}"
+            + (f" (did you mean {hint.group(1)}?)" if hint else "")
+            + ": check the spelling against the config file"
+        )
     unknown = re.search(r"Unknown command line flag '(config\.[\w.]+)'", text)
     if unknown:
         key = unknown.group(1)
@@ -113,9 +133,9 @@ def run_cli(
         try:
             rest = flags.FLAGS(argv)
         except flags.Error as e:
-            raise UserError(flag_error_message(e)) from e
-        except OSError as e:  # ml_collections' config file loader
-            raise UserError(flag_error_message(e)) from e
+            raise UserError(flag_error_message(e, argv)) from e
+        except (OSError, AttributeError, KeyError, ValueError, TypeError) as e:
+            raise UserError(flag_error_message(e, argv)) from e  # ml_collections' loader
         verbose = flags.FLAGS.verbose
         if len(rest) > 1:
             raise UserError(f"unexpected arguments {rest[1:]}; every option is a --flag=value")

@@ -12,7 +12,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from cmjax.cli import run_and_exit
+from cmjax.cli import flag_error_message, run_and_exit
+from cmjax.user_errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config: configs/<name>.py[:variant].", lock_config=True
@@ -23,6 +24,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     del argv
+    try:
+        config = _CONFIG.value
+        config.keys()  # a file that failed to load raises only when first used
+    except (OSError, AttributeError, KeyError, ValueError, TypeError) as e:
+        raise UserError(flag_error_message(e, sys.argv)) from e
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("cmjax")
@@ -33,7 +39,7 @@ def main(argv: list[str]) -> None:
     logger.info("cmjax-train: setting up the run in %s", _WORKDIR.value)
     from cmjax.train import train_and_evaluate  # imports JAX: seconds; say something first
 
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train_and_evaluate(config, _WORKDIR.value)
 
 
 def run() -> None:

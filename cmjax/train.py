@@ -379,7 +379,9 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
                     "  ".join(f"{k} {v:.4f}" for k, v in scores.items()),
                 )
             if done == total or stop:
-                if stop:
+                if stop and watcher.interrupted:
+                    log.warning("Ctrl-C: saved step %d, exiting; rerun to resume", done)
+                elif stop:
                     log.warning("preemption requested: saved step %d, exiting", done)
                 break
             step, local = next(batches)

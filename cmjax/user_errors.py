@@ -33,10 +33,20 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """Every exception class whose message is written for the user."""
     from cmjax.checkpoint import CheckpointError
     from cmjax.data.sources import DataError
+    from cmjax.evaluation.fid import StatsError
+    from cmjax.evaluation.inception import WeightsError
     from cmjax.hparams import ConfigError
     from cmjax.parallel import DistributedError
 
-    return (UserError, ConfigError, DataError, CheckpointError, DistributedError)
+    return (
+        UserError,
+        ConfigError,
+        DataError,
+        CheckpointError,
+        DistributedError,
+        StatsError,
+        WeightsError,
+    )
 
 
 def environment_oserror(e: BaseException) -> OSError | None:

@@ -377,7 +377,7 @@ def test_readme_custom_data_example_runs_as_written_and_reports_progress(tmp_pat
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     milestones = [
@@ -392,3 +392,151 @@ def test_readme_custom_data_example_runs_as_written_and_reports_progress(tmp_pat
     ]
     positions = [r.stdout.find(m) for m in milestones]
     assert -1 not in positions and positions == sorted(positions), r.stdout
+
+
+# 7. Every user error: one line on stderr, exit code 2, the traceback in a log file ----------
+
+
+def test_cli_wrapper_reports_one_line_and_logs_the_traceback(tmp_path, capsys):
+    import errno
+
+    from cmjax.cli import run_cli
+    from cmjax.user_errors import UserError
+
+    def failing(error):
+        def main(argv):
+            raise error
+
+        return main
+
+    cases = [
+        (UserError("config.x is wrong; do y"), 2, "cmjax-t: error: config.x is wrong; do y"),
+        (OSError(errno.ENOSPC, "No space left on device", "/w/ckpt"), 2, "No space left"),
+        (RuntimeError("bug\nwith two lines"), 1, "internal error (RuntimeError: bug with two"),
+        (KeyboardInterrupt(), 130, "cmjax-t: interrupted"),
+    ]
+    for error, code, text in cases:
+        assert run_cli("cmjax-t", failing(error), lambda: str(tmp_path), ["cmjax-t"]) == code
+        (line,) = capsys.readouterr().err.splitlines()
+        assert text in line
+    log = (tmp_path / "error.log").read_text()
+    assert log.count("Traceback") == 3 and "ENOSPC" not in log and "No space left" in log
+    assert run_cli("cmjax-t", failing(UserError("x")), lambda: None, ["cmjax-t", "--verbose"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-1] == "cmjax-t: error: x"
+
+
+def _start(module, *args, cwd=ROOT):
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_user_errors_of_the_three_clis_are_one_line(trained, tmp_path):
+    """Many bad invocations at once (each subprocess pays the JAX import once)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    no_config = _copy(trained, tmp_path)
+    shutil.rmtree(no_config / "checkpoints" / "20" / "config")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "samples.npz", arr_0=rng.integers(0, 256, (4, 8, 8, 3), np.uint8))
+    np.savez(tmp_path / "bad_ref.npz", mean=np.zeros(3))
+    (tmp_path / "inception.npz").write_bytes(b"not read before the inputs are checked")
+    train = ["cmjax.main", "--config=configs/toy2d.py", f"--workdir={tmp_path / 'w'}"]
+    fid = [
+        "cmjax.evaluation.fid_cli",
+        f"--samples={tmp_path / 'samples.npz'}",
+        f"--inception={tmp_path / 'inception.npz'}",
+    ]
+    cases = {
+        "misspelled key": (
+            [*train, "--config.optim.learnig_rate=0.1"],
+            "unknown config key config.optim.learnig_rate",
+        ),
+        "missing config": (
+            ["cmjax.main", "--config=configs/nope.py", f"--workdir={tmp_path}"],
+            "config file configs/nope.py not found",
+        ),
+        "batch 0": ([*train, "--config.training.batch_size=0"], "batch_size must be a positive"),
+        "batch vs devices": (
+            [*train, "--config.training.batch_size=12"],
+            "batch_size=12 does not split over 8 devices",
+        ),
+        "workdir is a file": (
+            ["cmjax.main", "--config=configs/toy2d.py", f"--workdir={a_file}"],
+            "is a file; pass a directory",
+        ),
+        "unwritable workdir": (
+            ["cmjax.main", "--config=configs/toy2d.py", "--workdir=/proc/cmjax_test/w"],
+            "cannot create --workdir /proc/cmjax_test/w",
+        ),
+        "missing tfds": (
+            [
+                "cmjax.main",
+                "--config=configs/cifar10_ict.py:tiny",
+                f"--workdir={tmp_path / 'c'}",
+                f"--config.data.data_dir={tmp_path / 'no_tfds'}",
+            ],
+            "tfds build cifar10",
+        ),
+        "num_samples 0": (
+            ["cmjax.sample_cli", f"--workdir={trained}", "--num_samples=0"],
+            "--num_samples must be a positive integer, got 0",
+        ),
+        "checkpoint without config": (
+            ["cmjax.sample_cli", f"--workdir={no_config}", "--num_samples=4"],
+            "checkpoints/20 has no readable config",
+        ),
+        "missing reference": (
+            [*fid, f"--reference={tmp_path / 'nope.npz'}"],
+            "--reference=",
+        ),
+        "malformed reference": (
+            [*fid, f"--reference={tmp_path / 'bad_ref.npz'}"],
+            "holds neither statistics ('mu' and 'sigma') nor images ('arr_0'); found ['mean']",
+        ),
+    }
+    procs = {name: _start(*args) for name, (args, _) in cases.items()}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=600)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and proc.returncode == 2, (name, proc.returncode, err)
+        assert cases[name][1] in lines[0], (name, lines[0])
+        assert "Traceback" not in out + err and " INFO " not in out, (name, out)
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+
+
+# 9. Ctrl-C saves the current step and exits cleanly; a second one aborts at once -------------
+
+
+def test_ctrl_c_saves_the_current_step_and_a_second_aborts(tmp_path):
+    from cmjax.checkpoint import latest_step
+
+    args = [
+        "cmjax.main",
+        "--config=configs/toy2d.py",
+        *TOY_FLAGS,
+        "--config.training.total_steps=100000",
+        "--config.training.log_every=100000",
+        "--config.checkpoint.every_steps=100000",
+    ]
+    procs = [_start(*args, f"--workdir={tmp_path / name}") for name in ("once", "twice")]
+    for proc in procs:  # step 1 is logged right after compilation
+        while "step 1/" not in (line := proc.stdout.readline()):
+            assert line, proc.stderr.read()
+    procs[0].send_signal(signal.SIGINT)
+    procs[1].send_signal(signal.SIGINT)
+    procs[1].send_signal(signal.SIGINT)
+    out, err = procs[0].communicate(timeout=300)
+    assert procs[0].returncode == 0, err
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err
+    saved = int(out.split("Ctrl-C: saved step ")[1].split(",")[0])
+    assert latest_step(tmp_path / "once") == saved >= 1
+    out, err = procs[1].communicate(timeout=300)
+    assert procs[1].returncode == 130 and err.strip().endswith("cmjax-train: interrupted"), err
+    assert "Traceback" not in err
