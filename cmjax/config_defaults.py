@@ -69,6 +69,8 @@ def add_run_sections(
         dict(every_steps=checkpoint_every, keep=3, milestone_every=0, async_save=True)
     )
     config.mesh = config_dict.ConfigDict(dict(fsdp=1, dcn_data=1, multiprocess=False))
+    # A work directory (or <workdir>/checkpoints/<step>) whose EMA network starts a fresh run.
+    config.init_from = ""
     config.sampling = config_dict.ConfigDict(
         dict(sampling) if sampling is not None else dict(two_step_sigma=two_step_sigma)
     )

@@ -33,6 +33,7 @@ from cmjax.checkpoint import (
 from cmjax.data import make_dataset
 from cmjax.evaluation.evaluator import make_evaluator
 from cmjax.hparams import TrainHParams, validate_config
+from cmjax.init_from import apply_init_from
 from cmjax.sampling import make_sampler
 from cmjax.train_state import TrainState
 from cmjax.train_step import make_train_step
@@ -81,7 +82,7 @@ class _Reporter:
             done,
             self.total,
             m["loss"],
-            int(m["num_scales"]),
+            int(m.get("num_scales", 0)),  # iCT's N(k); 0 for objectives without one
             rate,
             _duration(eta),
         )
@@ -321,6 +322,7 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
         if resumed is None:
             log.info("initializing a new state: %s parameters", f"{_count_params(abstract):,}")
             state = parallel.create_sharded_train_state(config, abstract, jax.random.key(hp.seed))
+            state = apply_init_from(config, state, mesh)  # config.init_from: another run's EMA
         start = int(jax.device_get(state.step))
         dataset = make_dataset(config, jax.process_index(), jax.process_count())
         n = len(dataset.source)

@@ -14,6 +14,8 @@ from cmjax.data.pipeline import data_source_keys
 OBJECTIVE_SETTINGS = {
     "ict": dict(objective={}, sampling=dict(two_step_sigma=0.821)),
     "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
+    # ECT: stage length d = 500 steps, 6 stages over the 3,000-step digits run.
+    "ect": dict(objective=dict(d=500), sampling=dict(two_step_sigma=0.821)),
 }
 
 

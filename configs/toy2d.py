@@ -16,6 +16,9 @@ OBJECTIVE_SETTINGS = {
     # (0.821 is CIFAR-10's); see benchmarks/quality_toy.py.
     "ict": dict(objective={}, sampling=dict(two_step_sigma=2.0)),
     "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
+    # ECT: stage length d = 250 steps, so the 2,000-step toy run goes through 8 stages
+    # (the paper's 400k CIFAR-10 iterations go through 16 of 25k); two-step sigma as iCT's.
+    "ect": dict(objective=dict(d=250), sampling=dict(two_step_sigma=2.0)),
 }
 
 

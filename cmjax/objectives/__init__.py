@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | ``ict`` | consistency training from scratch (Song & Dhariwal 2023) | DESIGN.md §1 |
 | ``edm`` | EDM diffusion, Heun sampler (Karras et al. 2022) | OBJECTIVES.md §2 |
+| ``ect`` | easy consistency tuning, from scratch or an EDM run (Geng et al.) | OBJECTIVES.md §3 |
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any
 
 from cmjax.errors import ConfigError
 from cmjax.objectives.base import Objective, ObjectiveContext, SamplerPlan
+from cmjax.objectives.ect import ECT
 from cmjax.objectives.edm import EDM
 from cmjax.objectives.ict import ICT
 
-OBJECTIVES: dict[str, type[Objective]] = {"ict": ICT, "edm": EDM}
+OBJECTIVES: dict[str, type[Objective]] = {"ict": ICT, "edm": EDM, "ect": ECT}
 
 
 def objective_section(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,6 +45,7 @@ def build_objective(config: Mapping[str, Any], ctx: ObjectiveContext) -> Objecti
 
 
 __all__ = [
+    "ECT",
     "EDM",
     "ICT",
     "OBJECTIVES",
