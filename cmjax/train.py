@@ -77,12 +77,13 @@ class _Reporter:
         self.last_time, self.last_step = now, done
         m["images_per_sec"] = rate
         self.writer.write_scalars(done, m)
+        scales = f"  N {int(m['num_scales'])}" if "num_scales" in m else ""  # iCT's N(k)
         log.info(
-            "step %d/%d  loss %.4f  N %d  %.0f img/s  ETA %s",
+            "step %d/%d  loss %.4f%s  %.0f img/s  ETA %s",
             done,
             self.total,
             m["loss"],
-            int(m.get("num_scales", 0)),  # iCT's N(k); 0 for objectives without one
+            scales,
             rate,
             _duration(eta),
         )
