@@ -385,7 +385,8 @@ def test_jvp_through_network_matches_float64_central_differences(name):
     computed in float64 (step 1e-4; O(step^2) error ~1e-8). (train=False: dropout masks are
     drawn differently in float32 and float64.)
 
-    Tolerances: the float64 jvp agrees to 1e-6 (relative norm); the float32 jvp to 1e-3.
+    Tolerances: the float64 jvp agrees to 1e-6 (relative norm); the float32 jvp (checked on
+    DDPM++ only, to keep the test cheap) to 1e-3.
     """
     second = name == "ddpmpp"  # MeanFlow's u(z, t, h): one network also takes h
     model, v, x, labels = _tiny_8x8(name, second_time_input=second)
@@ -401,7 +402,6 @@ def test_jvp_through_network_matches_float64_central_differences(name):
         tangents = tuple(a.astype(dtype) for a in (dx, dc, dh))
         return jax.jvp(lambda *p: run(m, params, *p), primals, tangents)
 
-    out32, tangent32 = jax.jit(lambda: jvp(model, v, jnp.float32))()
     with jax.enable_x64(True):
         m64 = build_model({**TINY_8X8[name], "second_time_input": second, "dtype": "float64"})
         v64 = jax.tree.map(lambda p: p.astype(jnp.float64), v)
@@ -416,11 +416,15 @@ def test_jvp_through_network_matches_float64_central_differences(name):
 
         (out64, tangent64), fd = jax.jit(reference)()
         assert out64.dtype == tangent64.dtype == fd.dtype == jnp.float64
+        out64, tangent64, fd = (np.asarray(a) for a in (out64, tangent64, fd))
 
-        def rel(a):
-            return float(jnp.linalg.norm(a - fd) / jnp.linalg.norm(fd))
+    def rel(a):
+        return float(np.linalg.norm(np.asarray(a, np.float64) - fd) / np.linalg.norm(fd))
 
-        assert float(jnp.linalg.norm(fd)) > 1e-3  # the output really depends on the inputs
-        assert rel(tangent64) < 1e-6, rel(tangent64)
-        assert rel(tangent32.astype(jnp.float64)) < 1e-3, rel(tangent32.astype(jnp.float64))
+    assert np.linalg.norm(fd) > 1e-3  # the output really depends on the inputs
+    assert rel(tangent64) < 1e-6, rel(tangent64)
+    if name == "ddpmpp":
+        out32, tangent32 = jax.jit(lambda: jvp(model, v, jnp.float32))()
+        assert out32.dtype == tangent32.dtype == jnp.float32
         np.testing.assert_allclose(out32, out64, rtol=1e-3, atol=1e-4)
+        assert rel(tangent32) < 1e-3, rel(tangent32)
