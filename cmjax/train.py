@@ -72,11 +72,11 @@ class _Reporter:
         m["images_per_sec"] = rate
         self.writer.write_scalars(done, m)
         log.info(
-            "step %d/%d  loss %.4f  N %d  %.0f img/s  ETA %s",
+            "step %d/%d  loss %.4f%s  %.0f img/s  ETA %s",
             done,
             self.total,
             m["loss"],
-            int(m["num_scales"]),
+            f"  N {int(m['num_scales'])}" if "num_scales" in m else "",  # iCT's curriculum
             rate,
             time.strftime("%H:%M:%S", time.gmtime(eta)),
         )

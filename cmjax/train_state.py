@@ -19,7 +19,9 @@ from cmjax.models import build_model
 class TrainState:
     """The whole training state; a pytree with the callables and EMA rates as static fields.
 
-    ``ema_params[j]`` is the EMA of ``params`` at rate ``ema_rates[j]``.
+    ``ema_params[j]`` is the EMA of ``params`` at rate ``ema_rates[j]``. ``frozen``: parameters
+    the objective reads but never trains (sCD's teacher), sharded and checkpointed like
+    ``params``; None for objectives without them (then the state's leaves are unchanged).
     """
 
     step: jax.Array
@@ -29,6 +31,7 @@ class TrainState:
     apply_fn: Callable[..., jax.Array] = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     ema_rates: tuple[float, ...] = struct.field(pytree_node=False, default=())
+    frozen: Any = None
 
     def ema(self, rate: float) -> Any:
         """The EMA parameters at ``rate`` (one of ``ema_rates``)."""
@@ -57,12 +60,18 @@ def init_params(model: nn.Module, hp: TrainHParams, rng: jax.Array) -> Any:
 
 
 def create_train_state(
-    config: Mapping[str, Any], rng: jax.Array, model: nn.Module | None = None
+    config: Mapping[str, Any],
+    rng: jax.Array,
+    model: nn.Module | None = None,
+    *,
+    load_frozen: bool = True,
 ) -> TrainState:
     """A fresh TrainState at step 0; EMA trees start equal to the parameters.
 
-    Pure in ``rng``: ``jax.eval_shape(lambda r: create_train_state(config, r), rng)`` gives
-    the abstract state without allocating it.
+    With ``load_frozen=False`` it is pure in ``rng``:
+    ``jax.eval_shape(lambda r: create_train_state(config, r, load_frozen=False), rng)`` gives
+    the abstract state without allocating it. Otherwise an objective's frozen parameters
+    (sCD's teacher) are read from disk into ``frozen`` (``cmjax.teacher.attach_frozen``).
     """
     hp = TrainHParams.from_config(config)
     model = build_model(config["model"]) if model is None else model
@@ -73,10 +82,11 @@ def create_train_state(
         # The objective may wrap the network's parameters (e.g. sCT's adaptive weight).
         params = hp.objective.init_params(init_params(model, hp, rng), jax.random.fold_in(rng, 1))
         ema = tuple(jax.tree.map(jnp.copy, params) for _ in hp.ema_rates)  # own buffers
-        return params, ema, tx.init(params)
+        frozen = hp.objective.init_frozen(hp.objective.net_params(params))
+        return params, ema, tx.init(params), frozen
 
-    params, ema_params, opt_state = init(rng)
-    return TrainState(
+    params, ema_params, opt_state, frozen = init(rng)
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         ema_params=ema_params,
@@ -84,4 +94,10 @@ def create_train_state(
         apply_fn=model.apply,
         tx=tx,
         ema_rates=hp.ema_rates,
+        frozen=frozen,
     )
+    if load_frozen and frozen is not None:
+        from cmjax.teacher import attach_frozen  # local import: teacher imports parallel
+
+        state = attach_frozen(state, hp.objective)
+    return state

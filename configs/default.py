@@ -13,6 +13,21 @@ from cmjax.config_defaults import add_run_sections, objective_section, optim_sec
 OBJECTIVE_SETTINGS = {
     "ict": dict(objective={}, sampling=dict(two_step_sigma=0.821)),
     "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
+    # TrigFlow / sCT / sCD with a positional time embedding of c_noise(t) = t; sCD needs
+    # --config.objective.teacher=<a default:trigflow work directory>.
+    "trigflow": dict(
+        objective={}, sampling=dict(num_steps=50), model=dict(time_embedding="positional")
+    ),
+    "sct": dict(
+        objective=dict(warmup_steps=500),
+        sampling=dict(two_step_t=1.1),
+        model=dict(time_embedding="positional"),
+    ),
+    "scd": dict(
+        objective=dict(warmup_steps=500),
+        sampling=dict(two_step_t=1.1),
+        model=dict(time_embedding="positional"),
+    ),
 }
 
 
@@ -47,6 +62,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
+    config.model.update(settings.get("model", {}))
     config.objective = objective_section(objective, **settings["objective"])
     config.optim = optim_section(learning_rate=1e-3)
     config.training = config_dict.ConfigDict(

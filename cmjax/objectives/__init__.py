@@ -4,6 +4,9 @@
 | --- | --- | --- |
 | ``ict`` | consistency training from scratch (Song & Dhariwal 2023) | DESIGN.md §1 |
 | ``edm`` | EDM diffusion, Heun sampler (Karras et al. 2022) | OBJECTIVES.md §2 |
+| ``trigflow`` | TrigFlow diffusion, DDIM sampler (Lu & Song 2024) | OBJECTIVES.md §4 |
+| ``sct`` | continuous-time consistency training (Lu & Song 2024) | OBJECTIVES.md §4 |
+| ``scd`` | continuous-time consistency distillation from a TrigFlow teacher | OBJECTIVES.md §4 |
 """
 
 from __future__ import annotations
@@ -15,8 +18,15 @@ from cmjax.errors import ConfigError
 from cmjax.objectives.base import Objective, ObjectiveContext, SamplerPlan
 from cmjax.objectives.edm import EDM
 from cmjax.objectives.ict import ICT
+from cmjax.objectives.trigflow import SCD, SCT, TrigFlow
 
-OBJECTIVES: dict[str, type[Objective]] = {"ict": ICT, "edm": EDM}
+OBJECTIVES: dict[str, type[Objective]] = {
+    "ict": ICT,
+    "edm": EDM,
+    "trigflow": TrigFlow,
+    "sct": SCT,
+    "scd": SCD,
+}
 
 
 def objective_section(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -46,9 +56,12 @@ __all__ = [
     "EDM",
     "ICT",
     "OBJECTIVES",
+    "SCD",
+    "SCT",
     "Objective",
     "ObjectiveContext",
     "SamplerPlan",
+    "TrigFlow",
     "build_objective",
     "objective_section",
 ]
