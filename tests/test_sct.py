@@ -375,3 +375,38 @@ def test_scd_teacher_errors_are_one_clear_line(trigflow_teacher, tmp_path):
     with pytest.raises(ConfigError, match="same config.model"):
         create_train_state(config, jax.random.key(0))
     assert isinstance(TrainHParams.from_config(config).objective, SCD)
+
+
+@pytest.mark.parametrize(
+    "spec, objective, dropout, pstd, batch",
+    [
+        ("cifar10_sct", "sct", 0.2, 1.4, 512),
+        ("cifar10_scd", "scd", 0.0, 1.4, 512),
+        ("imagenet64_sct", "sct", 0.45, 1.6, 2048),
+    ],
+)
+def test_paper_configs(spec, objective, dropout, pstd, batch):
+    """OBJECTIVES.md §4's constants: P_mean/P_std, RAdam 1e-4 (0.9, 0.99), dropout, batch, EMA
+    half-life 0.5 M images, tangent warmup 10k, c = 0.1, t_mid = 1.1, positional c_noise(t)."""
+    config = load_config(spec)
+    hp = TrainHParams.from_config(config)
+    obj = hp.objective
+    assert obj.name == objective and (obj.p_mean, obj.p_std, obj.sigma_data) == (-1.0, pstd, 0.5)
+    assert (obj.warmup_steps, obj.tangent_norm_c, obj.two_step_t) == (10_000, 0.1, 1.1)
+    assert (hp.optim.name, hp.optim.learning_rate, hp.optim.b1, hp.optim.b2) == (
+        "radam",
+        1e-4,
+        0.9,
+        0.99,
+    )
+    assert config.training.batch_size == batch and config.model.dropout == dropout
+    assert hp.ema_rates[0] ** (500_000 / batch) == pytest.approx(0.5)
+    assert config.model.time_embedding == "positional" and config.model.noise_cond_scale == 1.0
+    assert "init_from" in config
+    if spec.startswith("imagenet"):
+        assert config.model.dropout_max_resolution == 16
+        assert config.model.name == "adm" and config.data.num_classes == 1000
+    else:
+        assert config.model.name == "ddpmpp"
+    trig = TrainHParams.from_config(load_config("cifar10_trigflow")).objective
+    assert (trig.name, trig.p_mean, trig.p_std) == ("trigflow", -1.0, 1.4)
