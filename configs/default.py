@@ -16,6 +16,21 @@ OBJECTIVE_SETTINGS = {
     "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
     # ECT: stage length d = 500 steps, 6 stages over the 3,000-step digits run.
     "ect": dict(objective=dict(d=500), sampling=dict(two_step_sigma=0.821)),
+    # TrigFlow / sCT / sCD with a positional time embedding of c_noise(t) = t; sCD needs
+    # --config.objective.teacher=<a default:trigflow work directory>.
+    "trigflow": dict(
+        objective={}, sampling=dict(num_steps=50), model=dict(time_embedding="positional")
+    ),
+    "sct": dict(
+        objective=dict(warmup_steps=500),
+        sampling=dict(two_step_t=1.1),
+        model=dict(time_embedding="positional"),
+    ),
+    "scd": dict(
+        objective=dict(warmup_steps=500),
+        sampling=dict(two_step_t=1.1),
+        model=dict(time_embedding="positional"),
+    ),
 }
 
 
@@ -52,6 +67,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
+    config.model.update(settings.get("model", {}))
     config.objective = objective_section(objective, **settings["objective"])
     config.optim = optim_section(learning_rate=1e-3)
     config.training = config_dict.ConfigDict(

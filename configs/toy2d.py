@@ -19,6 +19,22 @@ OBJECTIVE_SETTINGS = {
     # ECT: stage length d = 250 steps, so the 2,000-step toy run goes through 8 stages
     # (the paper's 400k CIFAR-10 iterations go through 16 of 25k); two-step sigma as iCT's.
     "ect": dict(objective=dict(d=250), sampling=dict(two_step_sigma=2.0)),
+    # TrigFlow / sCT / sCD: c_noise(t) = t through a positional (low-frequency) embedding.
+    # Tangent warmup over 200 steps (the paper's 10k is for 400k-step image runs); sCD needs
+    # --config.objective.teacher=<a toy2d:...,trigflow work directory>.
+    "trigflow": dict(
+        objective={}, sampling=dict(num_steps=50), model=dict(time_embedding="positional")
+    ),
+    "sct": dict(
+        objective=dict(warmup_steps=200),
+        sampling=dict(two_step_t=1.1),
+        model=dict(time_embedding="positional"),
+    ),
+    "scd": dict(
+        objective=dict(warmup_steps=200),
+        sampling=dict(two_step_t=1.1),
+        model=dict(time_embedding="positional"),
+    ),
 }
 
 
@@ -67,6 +83,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
+    config.model.update(settings.get("model", {}))
     config.objective = objective_section(objective, **settings["objective"])
     config.optim = optim_section(learning_rate=1e-3)  # small MLP: a larger step is stable
     config.training = config_dict.ConfigDict(

@@ -5,6 +5,9 @@
 | ``ict`` | consistency training from scratch (Song & Dhariwal 2023) | DESIGN.md §1 |
 | ``edm`` | EDM diffusion, Heun sampler (Karras et al. 2022) | OBJECTIVES.md §2 |
 | ``ect`` | easy consistency tuning, from scratch or an EDM run (Geng et al.) | OBJECTIVES.md §3 |
+| ``trigflow`` | TrigFlow diffusion, DDIM sampler (Lu & Song 2024) | OBJECTIVES.md §4 |
+| ``sct`` | continuous-time consistency training (Lu & Song 2024) | OBJECTIVES.md §4 |
+| ``scd`` | continuous-time consistency distillation from a TrigFlow teacher | OBJECTIVES.md §4 |
 """
 
 from __future__ import annotations
@@ -17,8 +20,16 @@ from cmjax.objectives.base import Objective, ObjectiveContext, SamplerPlan
 from cmjax.objectives.ect import ECT
 from cmjax.objectives.edm import EDM
 from cmjax.objectives.ict import ICT
+from cmjax.objectives.trigflow import SCD, SCT, TrigFlow
 
-OBJECTIVES: dict[str, type[Objective]] = {"ict": ICT, "edm": EDM, "ect": ECT}
+OBJECTIVES: dict[str, type[Objective]] = {
+    "ict": ICT,
+    "edm": EDM,
+    "ect": ECT,
+    "trigflow": TrigFlow,
+    "sct": SCT,
+    "scd": SCD,
+}
 
 
 def objective_section(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,9 +60,12 @@ __all__ = [
     "EDM",
     "ICT",
     "OBJECTIVES",
+    "SCD",
+    "SCT",
     "Objective",
     "ObjectiveContext",
     "SamplerPlan",
+    "TrigFlow",
     "build_objective",
     "objective_section",
 ]
