@@ -60,7 +60,7 @@ def _cli(workdir, config, devices=8, extra_env=None):
     )
 
 
-def _wait_for_checkpoint(workdir, proc, timeout=120):
+def _wait_for_checkpoint(workdir, proc, timeout=600):  # slow on a loaded 2-core box
     ckpts = Path(workdir) / "checkpoints"
     start = time.time()
     while time.time() - start < timeout:
