@@ -77,6 +77,8 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             ema_rates=(0.999,),
         )
     )
+    # The digits FD proxy (not FID; cmjax/evaluation/digits_proxy.py) of 1,000 1- and 2-step
+    # samples, at the end of training (the loop also evaluates at the last step).
     add_run_sections(
         config,
         sampling=settings["sampling"],
@@ -84,6 +86,8 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
         log_every=200,
         sample_every=1000,
         num_samples=100,
+        eval_every=3000,
+        eval_samples=1000,
     )
     if size == "tiny":
         config.model.update(channels=8)
@@ -91,4 +95,5 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             total_steps=6, batch_size=16, log_every=2, sample_every=6, num_samples=16
         )
         config.checkpoint.every_steps = 3
+        config.eval.every_steps = 0
     return config

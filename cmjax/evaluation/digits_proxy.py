@@ -119,18 +119,18 @@ def data_floor() -> float:
     x = digits_data()[0]
     train, held = split_indices()
     net = digits_classifier()
-    return frechet_distance(
-        *activation_statistics(net.features(x[train])),
-        *activation_statistics(net.features(x[held])),
-    )
+    return _frechet(net.features(x[train]), activation_statistics(net.features(x[held])))
 
 
 def digits_fd_proxy(images_uint8: np.ndarray) -> float:
     """The proxy of uint8 (N, 8, 8, 1) samples (N >= 2; use about 1,000) against all digits."""
-    feats = digits_classifier().features(images_uint8)
-    with warnings.catch_warnings():  # collapsed samples: singular covariance, still finite
+    return _frechet(digits_classifier().features(images_uint8), reference_statistics())
+
+
+def _frechet(features_NxD: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> float:
+    with warnings.catch_warnings():  # units silent on a subset: singular covariance, finite
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        return frechet_distance(*activation_statistics(feats), *reference_statistics())
+        return frechet_distance(*activation_statistics(features_NxD), *reference)
 
 
 def applies_to(config) -> bool:

@@ -82,11 +82,11 @@ def make_evaluator(config: Mapping[str, Any]) -> Callable[[TrainState], dict[str
     if digits_proxy.applies_to(config) and not ev.get("inception_path"):
 
         def evaluate_digits(state):
-            out = {"digits_fd_proxy_floor": digits_proxy.data_floor()}
+            out = {}
             for name, plan in plans.items():
                 x = images.to_uint8(generate(config, state, plan, num, batch)[0])
                 out[f"digits_fd_proxy_{name}"] = digits_proxy.digits_fd_proxy(x)
-            return out
+            return out | {"digits_fd_proxy_floor": digits_proxy.data_floor()}
 
         return evaluate_digits
     if not ev.get("inception_path") or not ev.get("ref_stats"):
