@@ -13,6 +13,10 @@ from cmjax.config_defaults import add_run_sections, objective_section, optim_sec
 OBJECTIVE_SETTINGS = {
     "ict": dict(objective={}, sampling=dict(two_step_sigma=0.821)),
     "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
+    # MeanFlow's network takes h = t - r as a second time input (model overrides).
+    "meanflow": dict(
+        objective={}, sampling=dict(two_step_time=0.5), model=dict(second_time_input=True)
+    ),
 }
 
 
@@ -47,6 +51,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
+    config.model.update(settings.get("model", {}))
     config.objective = objective_section(objective, **settings["objective"])
     config.optim = optim_section(learning_rate=1e-3)
     config.training = config_dict.ConfigDict(

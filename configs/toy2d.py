@@ -15,6 +15,10 @@ OBJECTIVE_SETTINGS = {
     # (0.821 is CIFAR-10's); see benchmarks/quality_toy.py.
     "ict": dict(objective={}, sampling=dict(two_step_sigma=2.0)),
     "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
+    # MeanFlow's network takes h = t - r as a second time input (model overrides).
+    "meanflow": dict(
+        objective={}, sampling=dict(two_step_time=0.5), model=dict(second_time_input=True)
+    ),
 }
 
 
@@ -56,6 +60,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
+    config.model.update(settings.get("model", {}))
     config.objective = objective_section(objective, **settings["objective"])
     config.optim = optim_section(learning_rate=1e-3)  # small MLP: a larger step is stable
     config.training = config_dict.ConfigDict(

@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | ``ict`` | consistency training from scratch (Song & Dhariwal 2023) | DESIGN.md §1 |
 | ``edm`` | EDM diffusion, Heun sampler (Karras et al. 2022) | OBJECTIVES.md §2 |
+| ``meanflow`` | average-velocity flow, 1-step sampling (Geng et al. 2025) | OBJECTIVES.md §5 |
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from cmjax.errors import ConfigError
 from cmjax.objectives.base import Objective, ObjectiveContext, SamplerPlan
 from cmjax.objectives.edm import EDM
 from cmjax.objectives.ict import ICT
+from cmjax.objectives.meanflow import MeanFlow
 
-OBJECTIVES: dict[str, type[Objective]] = {"ict": ICT, "edm": EDM}
+OBJECTIVES: dict[str, type[Objective]] = {"ict": ICT, "edm": EDM, "meanflow": MeanFlow}
 
 
 def objective_section(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -46,6 +48,7 @@ __all__ = [
     "EDM",
     "ICT",
     "OBJECTIVES",
+    "MeanFlow",
     "Objective",
     "ObjectiveContext",
     "SamplerPlan",
