@@ -24,6 +24,7 @@ from cmjax.sampling import make_sampler
 FALLS = {
     "ict": (600, 256, 3.0),
     "edm": (600, 256, 3.0),
+    "meanflow": (600, 256, 3.0),  # measured: 0.799 -> 0.139 (5.7x) on two_moons
 }
 
 

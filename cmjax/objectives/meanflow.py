@@ -159,21 +159,22 @@ class MeanFlow(Objective):
         train: bool = False,
         dropout_rng: jax.Array | None = None,
     ) -> jax.Array:
-        """u(z, t, h = t - r): (B, ...) float32 for z (B, ...) and t, r (B,) in [0, 1]."""
+        """u(z, t, h = t - r): (B, ...) for z (B, ...) and t, r (B,) in [0, 1]; float32 (float64
+        for float64 inputs and parameters)."""
         if train and dropout_rng is None:
             raise ValueError("train=True needs a dropout_rng")
         rngs = {"dropout": dropout_rng} if train else {}
         scale = self.noise_cond_scale
         out = apply_fn(
             {"params": params},
-            z.astype(jnp.float32),
+            z,
             scale * t_B,
             labels,
             train,
             h=scale * (t_B - r_B),
             rngs=rngs,
         )
-        return out.astype(jnp.float32)
+        return out.astype(jnp.promote_types(out.dtype, jnp.float32))
 
     # -- training ----------------------------------------------------------------------------
     def draw_t_r(self, rng: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]:
