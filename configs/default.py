@@ -31,6 +31,10 @@ OBJECTIVE_SETTINGS = {
         sampling=dict(two_step_t=1.1),
         model=dict(time_embedding="positional"),
     ),
+    # MeanFlow's network takes h = t - r as a second time input (model overrides).
+    "meanflow": dict(
+        objective={}, sampling=dict(two_step_time=0.5), model=dict(second_time_input=True)
+    ),
 }
 
 

@@ -8,6 +8,7 @@
 | ``trigflow`` | TrigFlow diffusion, DDIM sampler (Lu & Song 2024) | OBJECTIVES.md §4 |
 | ``sct`` | continuous-time consistency training (Lu & Song 2024) | OBJECTIVES.md §4 |
 | ``scd`` | continuous-time consistency distillation from a TrigFlow teacher | OBJECTIVES.md §4 |
+| ``meanflow`` | average-velocity flow, 1-step sampling (Geng et al. 2025) | OBJECTIVES.md §5 |
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cmjax.objectives.base import Objective, ObjectiveContext, SamplerPlan
 from cmjax.objectives.ect import ECT
 from cmjax.objectives.edm import EDM
 from cmjax.objectives.ict import ICT
+from cmjax.objectives.meanflow import MeanFlow
 from cmjax.objectives.trigflow import SCD, SCT, TrigFlow
 
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -29,6 +31,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "trigflow": TrigFlow,
     "sct": SCT,
     "scd": SCD,
+    "meanflow": MeanFlow,
 }
 
 
@@ -60,6 +63,7 @@ __all__ = [
     "EDM",
     "ICT",
     "OBJECTIVES",
+    "MeanFlow",
     "SCD",
     "SCT",
     "Objective",
