@@ -4,8 +4,8 @@ theta = sum_k alpha_k theta_k over K saved parameter trees of one run (kept / mi
 checkpoints, optionally their EMA trees), with sum_k alpha_k = 1 and alpha_k of any sign. The
 coefficients come from a gradient-free search (CMA-ES from evosax) that minimizes a sample
 quality metric of the combined model: the sliced Wasserstein distance to held-out data for
-vector data, FID when ``config.eval`` names Inception weights and reference statistics, or any
-metric registered in ``METRICS``.
+vector data, FID when ``config.eval`` names Inception weights and reference statistics, the
+digits proxy (not FID) on the embedded 8x8 digits, or any metric registered in ``METRICS``.
 
 The sum-to-1 constraint is built into the parametrization: the search moves w in R^(K-1) and
 alpha = (w_1, ..., w_{K-1}, 1 - sum w). w = 0 is the last candidate alone.
@@ -237,19 +237,22 @@ def fid_metric(config, num: int) -> Metric:
 
 
 def digits_proxy_metric(config, num: int) -> Metric:
-    """The digits quality proxy (cmjax/evaluation/digits_proxy.py, branch ``speed``)."""
-    try:
-        from cmjax.evaluation import digits_proxy  # noqa: F401
-    except ImportError:
+    """``digits_fd_proxy`` (cmjax/evaluation/digits_proxy.py): the Frechet distance in a small
+    digits classifier's features to all 1,797 digits; NOT FID. Host-side, per candidate."""
+    from cmjax import images
+    from cmjax.evaluation import digits_proxy
+
+    if not digits_proxy.applies_to(config):
         raise CombineError(
-            "the digits quality proxy (cmjax/evaluation/digits_proxy.py) is not in this "
-            "checkout yet; use --metric=fid with Inception weights, or register a metric in "
-            "cmjax.combine.METRICS"
-        ) from None
-    raise CombineError(
-        "cmjax.evaluation.digits_proxy exists but is not wired into cmjax-combine yet: add its "
-        "score to cmjax.combine.digits_proxy_metric"
-    )
+            "the digits proxy scores only the embedded 8x8x1 digits (data.name='digits'); "
+            "for other images pass --metric=fid with --inception and --ref_stats"
+        )
+    del num
+
+    def score(x, _):
+        return digits_proxy.digits_fd_proxy(images.to_uint8(x))
+
+    return Metric("digits_fd_proxy", lambda which: None, host_fn=score)
 
 
 METRICS: dict[str, Callable[[Any, int], Metric]] = {
@@ -272,7 +275,7 @@ def sampler_plan(config, steps: int | None = None) -> SamplerPlan:
 
 def default_metric_name(config) -> str:
     """sliced_wasserstein for vector data, fid when config.eval configures it, else the
-    digits proxy."""
+    digits proxy (which refuses data other than the embedded digits)."""
     shape = tuple(config["data"]["shape"])
     if len(shape) == 1:
         return "sliced_wasserstein"
@@ -301,8 +304,8 @@ class Scorer:
     ):
         self.run, self.metric, self.plan, self.num = run, metric, plan, num_samples
         hp = TrainHParams.from_config(run.config)
-        if hp.num_classes:
-            raise CombineError("cmjax-combine supports unconditional runs only for now")
+        # class-conditional runs: balanced, fixed labels 0, 1, ..., C-1, 0, 1, ...
+        labels = jnp.arange(num_samples) % hp.num_classes if hp.num_classes else None
         self.objective, self.data_shape = hp.objective, hp.data_shape
         self.apply_fn = run.anchor.apply_fn
         self.devices = len(jax.devices())
@@ -312,14 +315,15 @@ class Scorer:
         objective, apply_fn = self.objective, self.apply_fn
 
         def one(stacked, alpha, key, ref):
-            x = sample(objective, apply_fn, combine_trees(stacked, alpha), key, shape, plan)
+            params = combine_trees(stacked, alpha)
+            x = sample(objective, apply_fn, params, key, shape, plan, labels)
             return metric.device_fn(x, ref)
 
         pop = NamedSharding(run.mesh, P(parallel.BATCH_AXES))
         self._score_chunk = jax.jit(jax.vmap(one, in_axes=(None, 0, None, None)), out_shardings=pop)
         self._pop_sharding = pop
         self._draw = jax.jit(
-            lambda params, key: sample(objective, apply_fn, params, key, shape, plan),
+            lambda params, key: sample(objective, apply_fn, params, key, shape, plan, labels),
             out_shardings=parallel.batch_sharding(run.mesh, len(shape))
             if num_samples % self.devices == 0
             else None,

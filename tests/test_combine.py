@@ -157,3 +157,31 @@ def test_cli_writes_a_run_that_cmjax_sample_reads(toy_run, tmp_path):
     # a second write into the same folder is refused in one line
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode != 0 and "already holds checkpoints" in res.stderr
+
+
+def test_digits_proxy_metric_scores_a_digits_run(tmp_path):
+    """On the embedded (class-conditional) digits the default metric is digits_fd_proxy
+    (host-side): a candidate's score equals the proxy of samples drawn with the same key."""
+    from cmjax import images
+    from cmjax.evaluation.digits_proxy import digits_fd_proxy
+    from cmjax.sampling import make_sampler
+
+    config = load_config("default:tiny")
+    state = create_train_state(config, jax.random.key(0))
+    ckpt = Checkpointer(tmp_path, async_save=False)
+    ckpt.save(1, state, config, force=True)
+    ckpt.wait_until_finished()
+    ckpt.close()
+    run = combine.load_stacked(tmp_path)
+    assert combine.default_metric_name(run.config) == "digits_proxy"
+    metric = combine.METRICS["digits_proxy"](run.config, 64)
+    plan = combine.sampler_plan(run.config, 1)
+    scorer = combine.Scorer(run, metric, plan, 64)
+    (got,) = scorer(np.ones((1, 1)), seed=3)
+    hp_objective = combine.TrainHParams.from_config(run.config).objective
+    draw = make_sampler(hp_objective, state.apply_fn, (64, 8, 8, 1), plan)
+    labels = jnp.arange(64) % 10  # the scorer's fixed, balanced labels
+    x = np.asarray(draw(state.ema_params[0], jax.random.key(3), labels))
+    assert got == pytest.approx(digits_fd_proxy(images.to_uint8(x)), rel=1e-6)
+    with pytest.raises(combine.CombineError, match="embedded 8x8x1 digits"):
+        combine.METRICS["digits_proxy"](load_config("toy2d:two_moons"), 64)

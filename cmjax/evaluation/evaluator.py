@@ -83,8 +83,8 @@ def make_evaluator(config: Mapping[str, Any]) -> Callable[[TrainState], dict[str
 
         def evaluate_digits(state):
             out = {"digits_fd_proxy_floor": digits_proxy.data_floor()}
-            for name, s in sigmas.items():
-                x = images.to_uint8(generate(config, state, s, num, batch)[0])
+            for name, plan in plans.items():
+                x = images.to_uint8(generate(config, state, plan, num, batch)[0])
                 out[f"digits_fd_proxy_{name}"] = digits_proxy.digits_fd_proxy(x)
             return out
 
