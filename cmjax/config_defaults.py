@@ -28,6 +28,12 @@ def objective_section(name: str = "ict", **overrides) -> config_dict.ConfigDict:
     )
 
 
+def ema_rate_for_half_life(half_life_images: float, batch_size: int) -> float:
+    """The per-step EMA rate whose weights halve every ``half_life_images`` training images:
+    0.5 ** (batch_size / half_life_images) (EDM's ema_halflife_kimg as a rate)."""
+    return 0.5 ** (batch_size / half_life_images)
+
+
 def ict_section(**overrides) -> config_dict.ConfigDict:
     """iCT noise schedule, curriculum, lognormal sampling and loss (DESIGN.md §1)."""
     return objective_section("ict", **overrides)
@@ -69,6 +75,8 @@ def add_run_sections(
         dict(every_steps=checkpoint_every, keep=3, milestone_every=0, async_save=True)
     )
     config.mesh = config_dict.ConfigDict(dict(fsdp=1, dcn_data=1, multiprocess=False))
+    # A work directory (or <workdir>/checkpoints/<step>) whose EMA network starts a fresh run.
+    config.init_from = ""
     config.sampling = config_dict.ConfigDict(
         dict(sampling) if sampling is not None else dict(two_step_sigma=two_step_sigma)
     )

@@ -8,11 +8,29 @@ tokens, ``tiny`` (a few steps, for tests) and/or an objective (``ict`` (default)
 from ml_collections import config_dict
 
 from cmjax.config_defaults import add_run_sections, objective_section, optim_section
+from cmjax.data.pipeline import data_source_keys
 
 # Per-objective settings on the digits: objective overrides and the sampling section.
 OBJECTIVE_SETTINGS = {
     "ict": dict(objective={}, sampling=dict(two_step_sigma=0.821)),
     "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
+    # ECT: stage length d = 500 steps, 6 stages over the 3,000-step digits run.
+    "ect": dict(objective=dict(d=500), sampling=dict(two_step_sigma=0.821)),
+    # TrigFlow / sCT / sCD with a positional time embedding of c_noise(t) = t; sCD needs
+    # --config.objective.teacher=<a default:trigflow work directory>.
+    "trigflow": dict(
+        objective={}, sampling=dict(num_steps=50), model=dict(time_embedding="positional")
+    ),
+    "sct": dict(
+        objective=dict(warmup_steps=500),
+        sampling=dict(two_step_t=1.1),
+        model=dict(time_embedding="positional"),
+    ),
+    "scd": dict(
+        objective=dict(warmup_steps=500),
+        sampling=dict(two_step_t=1.1),
+        model=dict(time_embedding="positional"),
+    ),
 }
 
 
@@ -32,7 +50,9 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = config_dict.ConfigDict(
-        dict(name="digits", shape=(8, 8, 1), num_classes=10, random_flip=False)
+        dict(
+            name="digits", shape=(8, 8, 1), num_classes=10, random_flip=False, **data_source_keys()
+        )
     )
     config.model = config_dict.ConfigDict(
         dict(
@@ -47,6 +67,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
+    config.model.update(settings.get("model", {}))
     config.objective = objective_section(objective, **settings["objective"])
     config.optim = optim_section(learning_rate=1e-3)
     config.training = config_dict.ConfigDict(

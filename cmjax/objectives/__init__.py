@@ -4,6 +4,10 @@
 | --- | --- | --- |
 | ``ict`` | consistency training from scratch (Song & Dhariwal 2023) | DESIGN.md §1 |
 | ``edm`` | EDM diffusion, Heun sampler (Karras et al. 2022) | OBJECTIVES.md §2 |
+| ``ect`` | easy consistency tuning, from scratch or an EDM run (Geng et al.) | OBJECTIVES.md §3 |
+| ``trigflow`` | TrigFlow diffusion, DDIM sampler (Lu & Song 2024) | OBJECTIVES.md §4 |
+| ``sct`` | continuous-time consistency training (Lu & Song 2024) | OBJECTIVES.md §4 |
+| ``scd`` | continuous-time consistency distillation from a TrigFlow teacher | OBJECTIVES.md §4 |
 """
 
 from __future__ import annotations
@@ -13,10 +17,19 @@ from typing import Any
 
 from cmjax.errors import ConfigError
 from cmjax.objectives.base import Objective, ObjectiveContext, SamplerPlan
+from cmjax.objectives.ect import ECT
 from cmjax.objectives.edm import EDM
 from cmjax.objectives.ict import ICT
+from cmjax.objectives.trigflow import SCD, SCT, TrigFlow
 
-OBJECTIVES: dict[str, type[Objective]] = {"ict": ICT, "edm": EDM}
+OBJECTIVES: dict[str, type[Objective]] = {
+    "ict": ICT,
+    "edm": EDM,
+    "ect": ECT,
+    "trigflow": TrigFlow,
+    "sct": SCT,
+    "scd": SCD,
+}
 
 
 def objective_section(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,12 +56,16 @@ def build_objective(config: Mapping[str, Any], ctx: ObjectiveContext) -> Objecti
 
 
 __all__ = [
+    "ECT",
     "EDM",
     "ICT",
     "OBJECTIVES",
+    "SCD",
+    "SCT",
     "Objective",
     "ObjectiveContext",
     "SamplerPlan",
+    "TrigFlow",
     "build_objective",
     "objective_section",
 ]
