@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmjax import combine, create_train_state, make_train_step
+from cmjax import combine, create_train_state, make_train_step, parallel
 from cmjax.checkpoint import Checkpointer
 from cmjax.config_loading import load_config
 from cmjax.data import make_dataset
+from cmjax.init_from import load_source_ema
 from cmjax.sample_cli import restore_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,6 +151,10 @@ def test_cli_writes_a_run_that_cmjax_sample_reads(toy_run, tmp_path):
     for tree in (state.params, state.ema_params[0]):
         for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(want), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # config.init_from reads the combination as the source run's EMA network parameters
+    source = load_source_ema(str(out), parallel.make_mesh({}))[0]
+    for a, b in zip(jax.tree.leaves(source), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     sample = [sys.executable, "-m", "cmjax.sample_cli", f"--workdir={out}", "--num_samples=16"]
     res = subprocess.run(sample, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
