@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 
 from cmjax.models.adm import ADMUNet
+from cmjax.models.ddpmpp import DDPMpp
 from cmjax.models.mlp import MLP
 from cmjax.models.ncsnpp import NCSNpp
 from cmjax.models.unet_small import SmallUNet
@@ -22,6 +23,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "unet_small": SmallUNet,
     "ncsnpp": NCSNpp,
     "adm": ADMUNet,
+    "ddpmpp": DDPMpp,
 }
 
 # Keys of the ``model`` config section that configure the consistency wrapper, not the network.
@@ -47,4 +49,4 @@ def build_model(model_config: Mapping[str, Any]) -> nn.Module:
     return cls(**kwargs)
 
 
-__all__ = ["MLP", "MODELS", "ADMUNet", "NCSNpp", "SmallUNet", "build_model"]
+__all__ = ["MLP", "MODELS", "ADMUNet", "DDPMpp", "NCSNpp", "SmallUNet", "build_model"]

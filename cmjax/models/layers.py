@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# "float64" is for numerical checks (finite differences) and needs jax_enable_x64.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
 def compute_dtype(name: str):
@@ -17,6 +18,11 @@ def compute_dtype(name: str):
     if name not in DTYPES:
         raise ValueError(f"model dtype must be one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
+
+
+def accum_dtype(dtype) -> jnp.dtype:
+    """Where residual sums, norms and heads are computed: float32, or float64 for float64."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
@@ -29,9 +35,32 @@ def torch_default_init() -> nn.initializers.Initializer:
     return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def group_norm(channels: int, groups: int | None = None) -> nn.GroupNorm:
-    """GroupNorm computed in float32 whatever the compute dtype."""
-    return nn.GroupNorm(num_groups=groups or min(channels // 4, 32), dtype=jnp.float32)
+def group_norm(
+    channels: int, groups: int | None = None, eps: float = 1e-6, name: str | None = None
+) -> nn.GroupNorm:
+    """GroupNorm computed in (at least) float32 whatever the compute dtype.
+
+    The output dtype is the promotion of the input and the float32 scale/bias: float32 for
+    float32 or bfloat16 inputs, float64 for float64 inputs with float64 parameters.
+    """
+    return nn.GroupNorm(
+        num_groups=groups or min(channels // 4, 32), epsilon=eps, dtype=None, name=name
+    )
+
+
+def pixel_norm(a: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """a / sqrt(mean over the last (channel) axis of a^2 + eps): unit RMS per example."""
+    a = a.astype(accum_dtype(a.dtype))
+    return a * jax.lax.rsqrt(jnp.mean(jnp.square(a), axis=-1, keepdims=True) + eps)
+
+
+def dropout_rate_at(rate: float, resolution: int, max_resolution: int | None) -> float:
+    """The dropout rate of a layer whose feature maps are ``resolution`` pixels wide.
+
+    ``max_resolution`` 0 or None: ``rate`` everywhere; otherwise ``rate`` only where
+    resolution <= max_resolution and 0 elsewhere (iCT on ImageNet 64: 16, as simple diffusion).
+    """
+    return rate if not max_resolution or resolution <= max_resolution else 0.0
 
 
 def _fir_2d(kernel_1d: Sequence[int], gain: float) -> np.ndarray:
@@ -93,7 +122,9 @@ class FIRDownConv3x3(nn.Module):
 def spatial_attention(q, k, v, num_heads: int):
     """Multi-head self-attention over the pixels of (B, H, W, C) q, k, v; scale 1/sqrt(C/heads).
 
-    Goes through ``jax.nn.dot_product_attention`` so XLA or cuDNN can choose a fused kernel.
+    Always the XLA implementation of ``jax.nn.dot_product_attention``: plain differentiable
+    ops, so ``jax.jvp`` (sCT, MeanFlow) works through every network on every backend; a fused
+    cuDNN kernel has only a reverse-mode rule.
     """
     b, h, w, c = q.shape
     if c % num_heads:
@@ -102,5 +133,5 @@ def spatial_attention(q, k, v, num_heads: int):
     def heads(t):
         return t.reshape(b, h * w, num_heads, c // num_heads)
 
-    out = jax.nn.dot_product_attention(heads(q), heads(k), heads(v))
+    out = jax.nn.dot_product_attention(heads(q), heads(k), heads(v), implementation="xla")
     return out.reshape(b, h, w, c)

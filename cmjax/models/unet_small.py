@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cmjax.models.embeddings import GaussianFourierEmbedding, check_labels
+from cmjax.models.embeddings import check_labels, embed_time, second_time_projection
 
 
 class ResBlock(nn.Module):
@@ -31,7 +31,13 @@ class ResBlock(nn.Module):
 
 
 class SmallUNet(nn.Module):
-    """F(x, c_noise, labels): (B, H, W, C) -> (B, H, W, C); H and W divisible by 2^(levels-1)."""
+    """F(x, noise_cond, labels, train, h): (B, H, W, C) -> (B, H, W, C).
+
+    H and W divisible by 2^(levels-1); noise_cond (B,) float, labels (B,) int, h (B,) float.
+
+    ``time_embedding``: "fourier" (2 * num_fourier random Fourier features of scale
+    ``fourier_scale``) or "positional" (as many sinusoids); ``second_time_input``: take h (B,).
+    """
 
     channels: int = 32
     channel_mult: Sequence[int] = (1, 2)
@@ -40,18 +46,34 @@ class SmallUNet(nn.Module):
     fourier_scale: float = 16.0
     num_classes: int = 0
     dropout: float = 0.0
+    time_embedding: str = "fourier"
+    second_time_input: bool = False
 
     @nn.compact
-    def __call__(self, x_BxHxWxC, noise_cond_B, labels_B=None, train: bool = False):
-        if x_BxHxWxC.ndim != 4:
-            raise ValueError(f"SmallUNet expects (batch, H, W, C) images, got {x_BxHxWxC.shape}")
-        check_labels(labels_B, self.num_classes, x_BxHxWxC.shape[0])
+    def __call__(self, x, noise_cond, labels=None, train: bool = False, h=None):
+        h_B = h  # the second time input (below, h names feature maps)
+        if x.ndim != 4:
+            raise ValueError(f"SmallUNet expects (batch, H, W, C) images, got {x.shape}")
+        check_labels(labels, self.num_classes, x.shape[0])
         emb_dim = 4 * self.channels
-        emb = GaussianFourierEmbedding(self.num_fourier, self.fourier_scale)(noise_cond_B)
-        emb = nn.Dense(emb_dim)(nn.silu(nn.Dense(emb_dim)(emb)))
+        dim = 2 * self.num_fourier
+        emb = embed_time(self.time_embedding, noise_cond, dim, fourier_scale=self.fourier_scale)
+        emb = nn.Dense(emb_dim)(emb)
+        emb = emb + second_time_projection(
+            self,
+            h_B,
+            x.shape[0],
+            enabled=self.second_time_input,
+            kind=self.time_embedding,
+            dim=dim,
+            features=emb_dim,
+            fourier_scale=self.fourier_scale,
+            kernel_init=nn.initializers.lecun_normal(),
+        )
+        emb = nn.Dense(emb_dim)(nn.silu(emb))
         if self.num_classes:
-            emb = emb + nn.Embed(self.num_classes, emb_dim)(labels_B)
-        h = nn.Conv(self.channels, (3, 3))(x_BxHxWxC.astype(jnp.float32))
+            emb = emb + nn.Embed(self.num_classes, emb_dim)(labels)
+        h = nn.Conv(self.channels, (3, 3))(x.astype(jnp.float32))
         skips = [h]
         for level, mult in enumerate(self.channel_mult):
             for _ in range(self.num_res_blocks):
@@ -70,4 +92,4 @@ class SmallUNet(nn.Module):
                 h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
                 h = nn.Conv(c, (3, 3))(h)
         h = nn.silu(nn.GroupNorm(min(8, h.shape[-1]))(h))
-        return nn.Conv(x_BxHxWxC.shape[-1], (3, 3))(h)
+        return nn.Conv(x.shape[-1], (3, 3))(h)
