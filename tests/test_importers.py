@@ -1,0 +1,147 @@
+"""cmjax-import: published checkpoints made by the REFERENCE code at tiny width (fixtures under
+tests/fixtures/, each with the script and command that made it) import into cmjax networks whose
+outputs on the pinned inputs equal the reference networks' outputs (golden values)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cmjax.importers import CheckpointImportError, import_checkpoint, write_workdir
+from cmjax.models import build_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).parent.parent
+TOL = 1e-4  # float32, outputs of order 1
+
+
+def _net_out(config, params, golden, labels=None):
+    model = build_model(config.model)
+    out = model.apply(
+        {"params": params},
+        jnp.asarray(golden["x"]),
+        jnp.asarray(golden["noise_cond"]),
+        labels,
+        False,
+    )
+    return np.asarray(out)
+
+
+def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+# --- (1) consistency_models_cifar10 (flax msgpack, NCSN++) ------------------------------------
+
+CM_CIFAR = FIXTURES / "cm_cifar10_ncsnpp"
+CM_CIFAR_OPTS = dict(image_size=16, attn_resolutions=(8,))
+
+
+@pytest.mark.parametrize("weights,key", [("ema", "out_ema"), ("online", "out_online")])
+def test_cm_cifar10_matches_reference_network(weights, key):
+    golden = np.load(CM_CIFAR / "golden.npz")
+    config, params = import_checkpoint(
+        CM_CIFAR / "checkpoint_1", "auto", weights=weights, **CM_CIFAR_OPTS
+    )
+    assert config.model.name == "ncsnpp" and config.objective.name == "ict"
+    assert (config.model.nf, tuple(config.model.ch_mult), config.model.num_res_blocks) == (
+        8,
+        (1, 2),
+        1,
+    )
+    assert config.model.fourier_scale == 16.0 and config.model.noise_cond_scale == 1.0
+    out = _net_out(config, params, golden)
+    assert np.abs(golden[key]).max() > 1.0  # random weights: a non-trivial output
+    np.testing.assert_allclose(out, golden[key], rtol=0, atol=TOL)
+
+
+def test_cm_cifar10_consistency_function_matches_reference_formula():
+    """The written objective wraps F exactly as jcm's get_distiller_fn (pred_t = t_min)."""
+    from cmjax.consistency import consistency_fn
+    from cmjax.hparams import TrainHParams
+
+    golden = np.load(CM_CIFAR / "golden.npz")
+    config, params = import_checkpoint(CM_CIFAR / "checkpoint_1", **CM_CIFAR_OPTS)
+    objective = TrainHParams.from_config(config).objective
+    model = build_model(config.model)
+    smin, _, sd, scale = objective._sigmas()  # what its sampler uses
+    assert (smin, sd, scale) == (0.002, 0.5, 1.0)
+    x, sigma = np.float64(golden["x"]), np.float64(golden["sigma"])
+    f = consistency_fn(
+        model.apply,
+        params,
+        jnp.asarray(golden["x"] * np.sqrt(sigma**2 + 0.25)[:, None, None, None], jnp.float32),
+        jnp.asarray(sigma, jnp.float32),
+        sigma_data=sd,
+        sigma_min=smin,
+        noise_cond_scale=scale,
+    )
+    # Reference: in_x = x / sqrt(t^2 + sd^2) = golden x; out = F (t - tmin) sd / sqrt(t^2 + sd^2)
+    # + x sd^2 / ((t - tmin)^2 + sd^2), with tmin = 0.002, sd = 0.5.
+    xin = x * np.sqrt(sigma**2 + 0.25)[:, None, None, None]
+    b = (slice(None), None, None, None)
+    want = (
+        golden["out_ema"] * ((sigma - 0.002) * 0.5 / np.sqrt(sigma**2 + 0.25))[b]
+        + xin * (0.25 / ((sigma - 0.002) ** 2 + 0.25))[b]
+    )
+    np.testing.assert_allclose(np.asarray(f), want, rtol=0, atol=TOL * 10)
+
+
+def test_cm_cifar10_wrong_settings_name_the_parameter_and_the_implied_network():
+    with pytest.raises(CheckpointImportError) as e:
+        import_checkpoint(CM_CIFAR / "checkpoint_1", image_size=16, attn_resolutions=(16,))
+    msg = str(e.value)
+    assert "AttnBlockpp_" in msg and "nf=8" in msg and "ch_mult=(1, 2)" in msg
+    assert "num_res_blocks=1" in msg and "attention_blocks_in_file=3" in msg
+
+
+def test_import_cli_writes_a_workdir_that_cmjax_sample_reads(tmp_path):
+    workdir = tmp_path / "cm"
+    r = _cli(
+        "cmjax.importers.cli",
+        f"--source={CM_CIFAR / 'checkpoint_1'}",
+        f"--workdir={workdir}",
+        "--image_size=16",
+        "--attn_resolutions=8",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "model ncsnpp, objective ict" in r.stdout
+
+    from cmjax.sample_cli import restore_run
+
+    config, state = restore_run(str(workdir))
+    golden = np.load(CM_CIFAR / "golden.npz")
+    assert int(state.step) == 0
+    for tree in (state.params, *state.ema_params):
+        out = _net_out(config, jax.device_get(tree), golden)
+        np.testing.assert_allclose(out, golden["out_ema"], rtol=0, atol=TOL)
+    opt_leaves = [np.asarray(v) for v in jax.tree.leaves(state.opt_state) if np.ndim(v) > 0]
+    assert opt_leaves and all(not v.any() for v in opt_leaves)  # fresh Adam moments
+
+    out = tmp_path / "s.npz"
+    r = _cli(
+        "cmjax.sample_cli",
+        f"--workdir={workdir}",
+        "--num_samples=8",
+        "--batch_size=8",
+        f"--out={out}",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert np.load(out)["arr_0"].shape == (8, 16, 16, 3)
+
+
+def test_write_workdir_refuses_a_workdir_with_checkpoints(tmp_path):
+    config, params = import_checkpoint(CM_CIFAR / "checkpoint_1", **CM_CIFAR_OPTS)
+    write_workdir(tmp_path / "w", config, params)
+    with pytest.raises(CheckpointImportError, match="already holds checkpoints"):
+        write_workdir(tmp_path / "w", config, params)
