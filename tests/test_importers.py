@@ -145,3 +145,77 @@ def test_write_workdir_refuses_a_workdir_with_checkpoints(tmp_path):
     write_workdir(tmp_path / "w", config, params)
     with pytest.raises(CheckpointImportError, match="already holds checkpoints"):
         write_workdir(tmp_path / "w", config, params)
+
+
+# --- (2) consistency_models ImageNet 64 (torch state dict, ADM) --------------------------------
+
+CM_IMAGENET = FIXTURES / "cm_imagenet64_adm"
+
+
+@pytest.mark.parametrize("tag,scale_shift", [("plain", False), ("scale_shift", True)])
+def test_cm_imagenet64_matches_reference_network(tag, scale_shift):
+    golden = np.load(CM_IMAGENET / "golden.npz")
+    config, params = import_checkpoint(
+        CM_IMAGENET / f"adm_{tag}.pt", image_size=16, num_head_channels=16
+    )
+    m = config.model
+    assert (m.name, m.model_channels, tuple(m.channel_mult), m.num_res_blocks) == (
+        "adm",
+        32,
+        (1, 1),
+        1,
+    )
+    assert tuple(m.attn_resolutions) == (8,) and m.num_classes == 10
+    assert m.use_scale_shift_norm == scale_shift and m.noise_cond_scale == 1000.0
+    assert config.objective.name == "ict" and tuple(config.data.shape) == (16, 16, 3)
+    out = _net_out(config, params, golden, jnp.asarray(golden["labels"]))
+    assert np.abs(golden[f"out_{tag}"]).max() > 1.0
+    np.testing.assert_allclose(out, golden[f"out_{tag}"], rtol=0, atol=TOL)
+
+
+def test_cm_imagenet64_unbuildable_settings_are_one_clear_error():
+    with pytest.raises(CheckpointImportError, match="model_channels=32.*not divisible by 64"):
+        import_checkpoint(CM_IMAGENET / "adm_plain.pt", image_size=16)  # 64-channel heads
+
+
+def test_not_a_checkpoint_is_one_clear_error(tmp_path):
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointImportError, match="x.pt is not a readable PyTorch"):
+        import_checkpoint(bad)
+    with pytest.raises(CheckpointImportError, match="not a flax msgpack checkpoint"):
+        import_checkpoint(tmp_path / "x.pt", "cm_cifar10")
+
+
+# --- loading never runs code from the file ----------------------------------------------------
+
+
+class _RunsACommand:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("container", ["plain", "zip"])
+def test_a_malicious_pickle_is_refused_and_runs_nothing(tmp_path, container):
+    import pickle
+    import zipfile
+
+    from cmjax.importers.torch_pickle import UnsafePickleError, load
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"ema": _RunsACommand(marker)}, protocol=4)
+    path = tmp_path / "evil.pkl"
+    if container == "zip":
+        path = tmp_path / "evil.pt"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("evil/data.pkl", payload)
+    else:
+        path.write_bytes(payload)
+    with pytest.raises(UnsafePickleError, match=r"refusing to load (posix|os)\.system"):
+        load(path)
+    assert not marker.exists()
+    pickle.loads(payload)  # the payload is live: unrestricted pickle runs it
+    assert marker.exists()

@@ -114,12 +114,18 @@ def abstract_network_params(
     """The parameter shapes of the cmjax network ``model_config`` (nothing allocated)."""
     from cmjax.models import build_model
 
-    model = build_model(model_config)
-    x = jnp.zeros((1, *shape), jnp.float32)
-    labels = jnp.zeros((1,), jnp.int32) if num_classes else None
-    return jax.eval_shape(
-        lambda: model.init(jax.random.key(0), x, jnp.zeros((1,), jnp.float32), labels, False)
-    )["params"]
+    settings = describe({**model_config, "image_shape": tuple(shape)})
+    try:
+        model = build_model(model_config)
+        x = jnp.zeros((1, *shape), jnp.float32)
+        labels = jnp.zeros((1,), jnp.int32) if num_classes else None
+        return jax.eval_shape(
+            lambda: model.init(jax.random.key(0), x, jnp.zeros((1,), jnp.float32), labels, False)
+        )["params"]
+    except ValueError as e:
+        raise CheckpointImportError(
+            f"the file implies a cmjax {settings}, which cmjax cannot build: {e}"
+        ) from None
 
 
 def count(names: Iterable[str], pattern: str) -> int:
