@@ -106,11 +106,13 @@ class InertObject:
     """
 
     cls_name = "?"
+    # Class-level defaults: pickle's NEWOBJ creates instances without calling __init__.
+    args: tuple = ()
+    state: Any = None
+    meta: dict | None = None
 
     def __init__(self, *args, **kwargs):
         self.args = args
-        self.state: Any = None
-        self.meta: dict | None = None
 
     def __setstate__(self, state):
         self.state = state
