@@ -139,12 +139,8 @@ def test_import_cli_writes_a_workdir_that_cmjax_sample_reads(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert np.load(out)["arr_0"].shape == (8, 16, 16, 3)
 
-
-def test_write_workdir_refuses_a_workdir_with_checkpoints(tmp_path):
-    config, params = import_checkpoint(CM_CIFAR / "checkpoint_1", **CM_CIFAR_OPTS)
-    write_workdir(tmp_path / "w", config, params)
     with pytest.raises(CheckpointImportError, match="already holds checkpoints"):
-        write_workdir(tmp_path / "w", config, params)
+        write_workdir(workdir, config, jax.device_get(state.params))
 
 
 # --- (2) consistency_models ImageNet 64 (torch state dict, ADM) --------------------------------
@@ -313,3 +309,23 @@ def test_edm_baseline_preconditioners_are_refused_by_name(tmp_path, monkeypatch)
     path.write_bytes(pickle.dumps({"ema": VPPrecond()}))
     with pytest.raises(CheckpointImportError, match="network is VPPrecond"):
         import_checkpoint(path)
+
+
+def test_readme_import_commands_use_existing_flags():
+    import re
+    import shlex
+
+    source = (ROOT / "cmjax" / "importers" / "cli.py").read_text()
+    defined = set(re.findall(r'DEFINE_\w+\(\s*"(\w+)"', source))
+    assert {"source", "workdir", "format"} <= defined
+    readme = (ROOT / "README.md").read_text()
+    lines = [
+        line
+        for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+        for line in block.splitlines()
+        if line.startswith("cmjax-import ")
+    ]
+    assert len(lines) >= 2
+    for line in lines:
+        for arg in shlex.split(line)[1:]:
+            assert arg.split("=")[0][2:] in defined, arg

@@ -20,7 +20,12 @@ _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", None, "Image size (default: what the format's published models use)."
 )
 _ATTN = flags.DEFINE_list(
-    "attn_resolutions", None, "Attention resolutions (default: the published models')."
+    "attn_resolutions", None, "CIFAR-10 CM: attention resolutions (default: the paper's 16)."
+)
+_HEAD_CHANNELS = flags.DEFINE_integer(
+    "num_head_channels",
+    None,
+    "ImageNet 64 CM: channels per attention head (not stored in the weights; default 64).",
 )
 
 
@@ -28,12 +33,14 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     options = {}
-    if _FORMAT.value in ("auto", "cm_cifar10") and _WEIGHTS.value != "ema":
+    if _WEIGHTS.value != "ema":
         options["weights"] = _WEIGHTS.value
     if _IMAGE_SIZE.value is not None:
         options["image_size"] = _IMAGE_SIZE.value
     if _ATTN.value is not None:
         options["attn_resolutions"] = tuple(int(r) for r in _ATTN.value)
+    if _HEAD_CHANNELS.value is not None:
+        options["num_head_channels"] = _HEAD_CHANNELS.value
     try:
         config = import_to_workdir(_SOURCE.value, _WORKDIR.value, _FORMAT.value, **options)
     except (CheckpointImportError, FileNotFoundError) as e:

@@ -135,12 +135,15 @@ def import_cm_cifar10(
     weights: str = "ema",
     image_size: int = 32,
     attn_resolutions: tuple[int, ...] | None = None,
+    **unused: Any,
 ):
     """(config, network params) for a consistency_models_cifar10 checkpoint.
 
     ``weights``: "ema" (``params_ema``, what the reference samples from) or "online"
     (``params``). ``image_size``/``attn_resolutions``: only for non-CIFAR-sized networks.
     """
+    if unused:
+        raise CheckpointImportError(f"options {sorted(unused)} do not apply to cm_cifar10")
     if weights not in WEIGHTS:
         raise CheckpointImportError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     state = read_state(path)
