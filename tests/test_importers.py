@@ -329,3 +329,15 @@ def test_readme_import_commands_use_existing_flags():
     for line in lines:
         for arg in shlex.split(line)[1:]:
             assert arg.split("=")[0][2:] in defined, arg
+
+
+@pytest.mark.parametrize("name", ["zip.pt", "legacy.pt"])
+def test_torch_reader_rebuilds_strided_views_and_dtypes(name):
+    from cmjax.importers.torch_pickle import load
+
+    expected = np.load(FIXTURES / "torch_formats" / "expected.npz")
+    sd = load(FIXTURES / "torch_formats" / name)
+    assert list(sd) == ["w", "wt", "tail", "half", "steps", "scalar"]
+    for key, value in sd.items():
+        assert value.dtype == expected[key].dtype and value.shape == expected[key].shape, key
+        np.testing.assert_array_equal(value, expected[key])

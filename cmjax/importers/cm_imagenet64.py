@@ -77,7 +77,7 @@ _TOP = {
 }
 
 
-def _leaf(kind: str, torch_leaf: str) -> Target | tuple[str, Any]:
+def _leaf(kind: str, torch_leaf: str) -> tuple[str | None, Any]:
     """(flax leaf name, transform) of a torch ``weight``/``bias`` for a layer kind."""
     if torch_leaf == "bias":
         return "bias", None
