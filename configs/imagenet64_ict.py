@@ -32,6 +32,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             attn_resolutions=(32, 16, 8),
             num_head_channels=64,
             dropout=0.2,
+            dropout_max_resolution=16,  # dropout only at 16x16 and below (simple diffusion)
             use_scale_shift_norm=False,
             num_classes=1000,
             norm_groups=32,
@@ -56,5 +57,6 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             attn_resolutions=(32,),
             num_head_channels=8,
             norm_groups=8,
+            dropout_max_resolution=32,  # the tiny net's low-resolution half (64 -> 32)
         )
     return config
