@@ -1,6 +1,6 @@
 """Sample quality of iCT on 2-D toy distributions, one row per distribution.
 
-    python benchmarks/quality_toy.py [--steps 2000]
+    python benchmarks/quality_toy.py [--steps 2000] [--objective ict]
 
 Trains configs/toy2d.py for a fixed budget on each distribution and prints the sliced
 2-Wasserstein distance to 4,000 held-out points of 1-step and 2-step samples (EMA
@@ -20,13 +20,14 @@ from cmjax.demo import toy_config, toy_quality, train_toy
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--objective", default="ict", help="a configs/toy2d.py objective token")
     args = parser.parse_args()
     print(
         f"{'distribution':18s} {'steps':>6s} {'1-step':>8s} {'2-step':>8s} {'data':>8s} "
         f"{'train s':>8s}"
     )
     for name in sorted(DISTRIBUTIONS):
-        config = toy_config(name, args.steps)
+        config = toy_config(f"{name},{args.objective}", args.steps)
         start = time.perf_counter()
         state = train_toy(config)
         seconds = time.perf_counter() - start

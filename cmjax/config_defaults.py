@@ -28,6 +28,12 @@ def objective_section(name: str = "ict", **overrides) -> config_dict.ConfigDict:
     )
 
 
+def ema_rate_for_half_life(half_life_images: float, batch_size: int) -> float:
+    """The per-step EMA rate whose weights halve every ``half_life_images`` training images:
+    0.5 ** (batch_size / half_life_images) (EDM's ema_halflife_kimg as a rate)."""
+    return 0.5 ** (batch_size / half_life_images)
+
+
 def ict_section(**overrides) -> config_dict.ConfigDict:
     """iCT noise schedule, curriculum, lognormal sampling and loss (DESIGN.md §1)."""
     return objective_section("ict", **overrides)

@@ -56,6 +56,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
         "path",
         "tfds_name",
         "split",
+        "resize",
     },
     "training": {
         "total_steps",

@@ -112,6 +112,15 @@ def sample_sigma_pairs(
     The grid lives in a fixed table of s1 + 1 entries masked beyond N(step), so shapes are
     static and a jitted caller does not recompile when the curriculum doubles N.
     """
+    _, sigma, sigma_next = sample_pair_indices(rng, step, batch_size, schedule)
+    return sigma, sigma_next
+
+
+def sample_pair_indices(
+    rng: jax.Array, step, batch_size: int, schedule: NoiseSchedule
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(i, sigma_i, sigma_{i+1}): ``sample_sigma_pairs``' draw (the same numbers) together
+    with the 0-based pair index i in [0, N(step) - 2], each (batch_size,)."""
     n = num_scales(step, schedule.total_steps, schedule.s0, schedule.s1)
     table = _karras_table(n, schedule.s1 + 1, schedule.sigma_min, schedule.sigma_max, schedule.rho)
     w = _pair_weights(table, schedule.p_mean, schedule.p_std)
@@ -120,7 +129,21 @@ def sample_sigma_pairs(
     u = jax.random.uniform(rng, (batch_size,), jnp.float32) * cdf[-1]
     # Inverse-CDF draw: the first index whose cumulative mass exceeds u (never a zero-mass one).
     idx = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, n - 2)
-    return table[idx], table[idx + 1]
+    return idx, table[idx], table[idx + 1]
+
+
+def adaptive_cauchy_c(n: jax.Array) -> jax.Array:
+    """iLCT's adaptive scale c(N) = exp(-1.15 ln(N - 1) - 0.85) for N grid points (N - 1
+    pair intervals), a float32 scalar: 0.0303 at N = 11, 1.14e-4 at N = 1281."""
+    return jnp.exp(-1.15 * jnp.log(jnp.asarray(n, jnp.float32) - 1.0) - 0.85)
+
+
+def low_noise_mask(idx: jax.Array, n: jax.Array, fraction: float = 0.25) -> jax.Array:
+    """1.0 where pair index i lies in the lowest ``fraction`` of the N - 1 pair intervals
+    (i < fraction (N - 1)), else 0.0; (B,) float32. With N = 1281 and 0.25: i < 320."""
+    return (jnp.asarray(idx, jnp.float32) < fraction * (n - 1).astype(jnp.float32)).astype(
+        jnp.float32
+    )
 
 
 def ict_loss_weight(sigma: jax.Array, sigma_next: jax.Array) -> jax.Array:

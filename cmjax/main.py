@@ -1,15 +1,19 @@
-"""``cmjax-train --config=configs/x.py:variant --workdir=DIR [--config.a.b=value ...]``."""
+"""``cmjax-train --config=configs/x.py:variant --workdir=DIR [--config.a.b=value ...]``.
+
+Errors the user can fix end the process with one line on stderr and exit code 2; the
+traceback goes to ``DIR/error.log`` (``--verbose``: to stderr).
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import flags
 from ml_collections import config_flags
 
-from cmjax.train import train_and_evaluate
+from cmjax.cli import flag_error_message, run_and_exit
+from cmjax.user_errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config: configs/<name>.py[:variant].", lock_config=True
@@ -19,9 +23,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and clu are chatty at INFO
+    del argv
+    try:
+        config = _CONFIG.value
+        config.keys()  # a file that failed to load raises only when first used
+    except (OSError, AttributeError, KeyError, ValueError, TypeError) as e:
+        raise UserError(flag_error_message(e, sys.argv)) from e
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("cmjax")
@@ -29,12 +36,15 @@ def main(argv: list[str]) -> None:
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    logger.info("cmjax-train: setting up the run in %s", _WORKDIR.value)
+    from cmjax.train import train_and_evaluate  # imports JAX: seconds; say something first
+
+    train_and_evaluate(config, _WORKDIR.value)
 
 
 def run() -> None:
     """Console-script entry point."""
-    app.run(main)
+    run_and_exit("cmjax-train", main, lambda: _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from cmjax.hparams import TrainHParams
 from cmjax.train_state import TrainState, create_train_state
 
 BATCH_AXES = ("data", "fsdp")
@@ -105,7 +106,9 @@ def state_shardings(abstract_state: TrainState, mesh: Mesh) -> TrainState:
 
 def abstract_train_state(config: Mapping[str, Any], mesh: Mesh) -> TrainState:
     """The TrainState as ShapeDtypeStructs carrying their shardings (nothing allocated)."""
-    abstract = jax.eval_shape(lambda r: create_train_state(config, r), jax.random.key(0))
+    abstract = jax.eval_shape(
+        lambda r: create_train_state(config, r, load_frozen=False), jax.random.key(0)
+    )
     shardings = state_shardings(abstract, mesh)
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
@@ -116,14 +119,20 @@ def create_sharded_train_state(config: Mapping[str, Any], abstract_state: TrainS
     """Initialize the state directly into the shardings of ``abstract_state``.
 
     No host ever holds the full state. The result shares ``abstract_state``'s static fields
-    (apply_fn, tx), so shardings derived from the abstract state fit it exactly.
+    (apply_fn, tx), so shardings derived from the abstract state fit it exactly. Frozen
+    parameters (sCD's teacher) are then restored from disk into their shardings.
     """
+    from cmjax.teacher import attach_frozen
+
     leaves, treedef = jax.tree.flatten(abstract_state)
     init = jax.jit(
-        lambda r: jax.tree.leaves(create_train_state(config, r)),
+        lambda r: jax.tree.leaves(create_train_state(config, r, load_frozen=False)),
         out_shardings=[leaf.sharding for leaf in leaves],
     )
-    return jax.tree.unflatten(treedef, init(rng))
+    state = jax.tree.unflatten(treedef, init(rng))
+    if state.frozen is None:
+        return state
+    return attach_frozen(state, TrainHParams.from_config(config).objective)
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import ConfigDict
 
 from cmjax import images, parallel
 from cmjax.checkpoint import Checkpointer, CheckpointError
+from cmjax.cli import run_and_exit
 from cmjax.evaluation.evaluator import generate
 from cmjax.hparams import TrainHParams
 from cmjax.objectives import SamplerPlan
+from cmjax.user_errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -51,27 +53,45 @@ def sampler_plan(config, steps: int | None, times=None, method: str | None = Non
     try:
         return objective.plan(steps, [float(t) for t in times] if times else None, method)
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        raise UserError(str(e)) from None
 
 
 def restore_run(workdir: str, step: int | None = None):
     """(config, state) of a work directory's checkpoint, laid out on this machine's mesh."""
+    if not (Path(workdir) / "checkpoints").is_dir():
+        raise CheckpointError(f"{workdir} has no checkpoints/ folder; pass a cmjax-train --workdir")
     checkpointer = Checkpointer(workdir, read_only=True)
     try:
-        step = checkpointer.latest_step() if step is None else step
+        steps = checkpointer.all_steps()
+        step = (steps[0] if steps else None) if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {checkpointer.directory}; train first")
+        if step not in steps:
+            raise CheckpointError(f"no checkpoint of step {step} in {workdir}; it has {steps}")
         config = ConfigDict(checkpointer.restored_config(step))
         mesh = parallel.make_mesh(config.get("mesh"))
-        state = checkpointer.restore(parallel.abstract_train_state(config, mesh), step)
+        try:
+            state = checkpointer.restore(parallel.abstract_train_state(config, mesh), step)
+        except CheckpointError as e:
+            older = [s for s in steps if s < step]
+            hint = f"; pass --step={older[0]} for the newest older one" if older else ""
+            raise CheckpointError(f"{e}{hint}") from e
     finally:
         checkpointer.close()
     return config, state
 
 
+def _check_flags() -> None:
+    for flag in (_NUM, _BATCH):
+        if flag.value <= 0:
+            raise UserError(f"--{flag.name} must be a positive integer, got {flag.value}")
+    if _WORKDIR.value is None:
+        raise UserError("--workdir is required: the cmjax-train work directory to sample from")
+
+
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv
+    _check_flags()
     config, state = restore_run(_WORKDIR.value, _STEP.value)
     step = int(jax.device_get(state.step))
     plan = sampler_plan(config, _STEPS.value, _SIGMAS.value, _SAMPLER.value)
@@ -93,8 +113,8 @@ def main(argv) -> None:
 
 
 def run() -> None:
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    """Console-script entry point: one line on stderr for any error (see cmjax/cli.py)."""
+    run_and_exit("cmjax-sample", main, lambda: None)
 
 
 if __name__ == "__main__":

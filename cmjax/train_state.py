@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -9,32 +10,63 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 
 from cmjax.hparams import OptimHParams, TrainHParams
 from cmjax.models import build_model
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainState:
     """The whole training state; a pytree with the callables and EMA rates as static fields.
 
-    ``ema_params[j]`` is the EMA of ``params`` at rate ``ema_rates[j]``.
+    ``ema_params[j]`` is the EMA of ``params`` at rate ``ema_rates[j]``. ``frozen``: parameters
+    the objective reads but never trains (sCD's teacher), sharded and checkpointed like
+    ``params``. When it is None (every objective without frozen parameters) it is not a
+    child of the pytree at all, so such states flatten, shard and checkpoint exactly as
+    before the field existed (checkpoints written without it restore unchanged).
     """
 
     step: jax.Array
     params: Any
     ema_params: tuple[Any, ...]
     opt_state: optax.OptState
-    apply_fn: Callable[..., jax.Array] = struct.field(pytree_node=False)
-    tx: optax.GradientTransformation = struct.field(pytree_node=False)
-    ema_rates: tuple[float, ...] = struct.field(pytree_node=False, default=())
+    apply_fn: Callable[..., jax.Array]
+    tx: optax.GradientTransformation
+    ema_rates: tuple[float, ...] = ()
+    frozen: Any = None
+
+    def replace(self, **changes: Any) -> TrainState:
+        return dataclasses.replace(self, **changes)
 
     def ema(self, rate: float) -> Any:
         """The EMA parameters at ``rate`` (one of ``ema_rates``)."""
         if rate not in self.ema_rates:
             raise KeyError(f"no EMA at rate {rate}; this state keeps {self.ema_rates}")
         return self.ema_params[self.ema_rates.index(rate)]
+
+
+_CHILDREN = ("step", "params", "ema_params", "opt_state")
+
+
+def _flatten_with_keys(state: TrainState):
+    names = _CHILDREN + (() if state.frozen is None else ("frozen",))
+    children = [(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in names]
+    return children, (state.apply_fn, state.tx, state.ema_rates, state.frozen is not None)
+
+
+def _flatten(state: TrainState):
+    children, aux = _flatten_with_keys(state)
+    return [c for _, c in children], aux
+
+
+def _unflatten(aux, children) -> TrainState:
+    apply_fn, tx, ema_rates, has_frozen = aux
+    step, params, ema_params, opt_state = children[:4]
+    frozen = children[4] if has_frozen else None
+    return TrainState(step, params, ema_params, opt_state, apply_fn, tx, ema_rates, frozen)
+
+
+jax.tree_util.register_pytree_with_keys(TrainState, _flatten_with_keys, _unflatten, _flatten)
 
 
 def make_optimizer(hp: OptimHParams) -> optax.GradientTransformation:
@@ -57,12 +89,18 @@ def init_params(model: nn.Module, hp: TrainHParams, rng: jax.Array) -> Any:
 
 
 def create_train_state(
-    config: Mapping[str, Any], rng: jax.Array, model: nn.Module | None = None
+    config: Mapping[str, Any],
+    rng: jax.Array,
+    model: nn.Module | None = None,
+    *,
+    load_frozen: bool = True,
 ) -> TrainState:
     """A fresh TrainState at step 0; EMA trees start equal to the parameters.
 
-    Pure in ``rng``: ``jax.eval_shape(lambda r: create_train_state(config, r), rng)`` gives
-    the abstract state without allocating it.
+    With ``load_frozen=False`` it is pure in ``rng``:
+    ``jax.eval_shape(lambda r: create_train_state(config, r, load_frozen=False), rng)`` gives
+    the abstract state without allocating it. Otherwise an objective's frozen parameters
+    (sCD's teacher) are read from disk into ``frozen`` (``cmjax.teacher.attach_frozen``).
     """
     hp = TrainHParams.from_config(config)
     model = build_model(config["model"]) if model is None else model
@@ -73,10 +111,11 @@ def create_train_state(
         # The objective may wrap the network's parameters (e.g. sCT's adaptive weight).
         params = hp.objective.init_params(init_params(model, hp, rng), jax.random.fold_in(rng, 1))
         ema = tuple(jax.tree.map(jnp.copy, params) for _ in hp.ema_rates)  # own buffers
-        return params, ema, tx.init(params)
+        frozen = hp.objective.init_frozen(hp.objective.net_params(params))
+        return params, ema, tx.init(params), frozen
 
-    params, ema_params, opt_state = init(rng)
-    return TrainState(
+    params, ema_params, opt_state, frozen = init(rng)
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         ema_params=ema_params,
@@ -84,4 +123,10 @@ def create_train_state(
         apply_fn=model.apply,
         tx=tx,
         ema_rates=hp.ema_rates,
+        frozen=frozen,
     )
+    if load_frozen and frozen is not None:
+        from cmjax.teacher import attach_frozen  # local import: teacher imports parallel
+
+        state = attach_frozen(state, hp.objective)
+    return state

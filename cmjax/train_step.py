@@ -67,9 +67,14 @@ def make_train_step(
         x = batch["x"].astype(jnp.float32)
         labels = batch.get("label")
         key = jax.random.fold_in(rng, state.step)
+        # Frozen parameters (sCD's teacher) are an input of the step, never a jit constant,
+        # and outside value_and_grad, so never trained; objectives without them never see it.
+        extra = {} if state.frozen is None else {"frozen": state.frozen}
 
         def loss_fn(params):
-            loss_B, aux = objective.loss(params, state.apply_fn, x, labels, key, state.step)
+            loss_B, aux = objective.loss(
+                params, state.apply_fn, x, labels, key, state.step, **extra
+            )
             return jnp.mean(loss_B.astype(jnp.float32)), aux
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -12,6 +12,7 @@ from cmjax.config_defaults import (
     optim_section,
     shrink_to_tiny,
 )
+from cmjax.data.pipeline import data_source_keys
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
@@ -20,7 +21,9 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = config_dict.ConfigDict(
-        dict(name="cifar10", shape=(32, 32, 3), num_classes=0, random_flip=True)
+        dict(
+            name="cifar10", shape=(32, 32, 3), num_classes=0, random_flip=True, **data_source_keys()
+        )
     )
     config.model = config_dict.ConfigDict(
         dict(

@@ -8,6 +8,7 @@ tokens, ``tiny`` (a few steps, for tests) and/or an objective (``ict`` (default)
 from ml_collections import config_dict
 
 from cmjax.config_defaults import add_run_sections, objective_section, optim_section
+from cmjax.data.pipeline import data_source_keys
 
 # Per-objective settings on the digits: objective overrides and the sampling section.
 OBJECTIVE_SETTINGS = {
@@ -15,6 +16,25 @@ OBJECTIVE_SETTINGS = {
     "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
     # ECT: stage length d = 500 steps, 6 stages over the 3,000-step digits run.
     "ect": dict(objective=dict(d=500), sampling=dict(two_step_sigma=0.821)),
+    # TrigFlow / sCT / sCD with a positional time embedding of c_noise(t) = t; sCD needs
+    # --config.objective.teacher=<a default:trigflow work directory>.
+    "trigflow": dict(
+        objective={}, sampling=dict(num_steps=50), model=dict(time_embedding="positional")
+    ),
+    "sct": dict(
+        objective=dict(warmup_steps=500),
+        sampling=dict(two_step_t=1.1),
+        model=dict(time_embedding="positional"),
+    ),
+    "scd": dict(
+        objective=dict(warmup_steps=500),
+        sampling=dict(two_step_t=1.1),
+        model=dict(time_embedding="positional"),
+    ),
+    # MeanFlow's network takes h = t - r as a second time input (model overrides).
+    "meanflow": dict(
+        objective={}, sampling=dict(two_step_time=0.5), model=dict(second_time_input=True)
+    ),
 }
 
 
@@ -34,7 +54,9 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = config_dict.ConfigDict(
-        dict(name="digits", shape=(8, 8, 1), num_classes=10, random_flip=False)
+        dict(
+            name="digits", shape=(8, 8, 1), num_classes=10, random_flip=False, **data_source_keys()
+        )
     )
     config.model = config_dict.ConfigDict(
         dict(
@@ -49,6 +71,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
+    config.model.update(settings.get("model", {}))
     config.objective = objective_section(objective, **settings["objective"])
     config.optim = optim_section(learning_rate=1e-3)
     config.training = config_dict.ConfigDict(
@@ -58,6 +81,8 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             ema_rates=(0.999,),
         )
     )
+    # The digits FD proxy (not FID; cmjax/evaluation/digits_proxy.py) of 1,000 1- and 2-step
+    # samples, at the end of training (the loop also evaluates at the last step).
     add_run_sections(
         config,
         sampling=settings["sampling"],
@@ -65,6 +90,8 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
         log_every=200,
         sample_every=1000,
         num_samples=100,
+        eval_every=3000,
+        eval_samples=1000,
     )
     if size == "tiny":
         config.model.update(channels=8)
@@ -72,4 +99,5 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             total_steps=6, batch_size=16, log_every=2, sample_every=6, num_samples=16
         )
         config.checkpoint.every_steps = 3
+        config.eval.every_steps = 0
     return config

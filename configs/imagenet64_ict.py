@@ -3,6 +3,12 @@
 Variants: "" (the paper recipe), "deep" (twice the res blocks: 6 per resolution, iCT-deep:
 3.25 / 2.77, the paper's headline numbers),
 "tiny" (same code, tiny widths and budget, for tests and CPU demos).
+
+Data: ``imagenet64`` reads TFDS ``imagenet_resized/64x64`` (quick to get, but whole images
+squeezed to 64x64 without cropping, unlike the FID reference batch). The data the ADM / CM
+reference batch was made from (ADM center crop, box + bicubic) is the prepared folder of
+``cmjax-prepare-imagenet --src=.../train --out=DIR``, selected with
+``--config.data.name=prepared --config.data.path=DIR``.
 """
 
 from ml_collections import config_dict
@@ -13,6 +19,7 @@ from cmjax.config_defaults import (
     optim_section,
     shrink_to_tiny,
 )
+from cmjax.data.pipeline import data_source_keys
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
@@ -21,7 +28,13 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = config_dict.ConfigDict(
-        dict(name="imagenet64", shape=(64, 64, 3), num_classes=1000, random_flip=True)
+        dict(
+            name="imagenet64",  # or "prepared" (ADM preprocessing) with path=DIR
+            shape=(64, 64, 3),
+            num_classes=1000,
+            random_flip=True,
+            **data_source_keys(),
+        )
     )
     config.model = config_dict.ConfigDict(
         dict(
@@ -32,6 +45,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             attn_resolutions=(32, 16, 8),
             num_head_channels=64,
             dropout=0.2,
+            dropout_max_resolution=16,  # dropout only at 16x16 and below (simple diffusion)
             use_scale_shift_norm=False,
             num_classes=1000,
             norm_groups=32,
@@ -56,5 +70,6 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             attn_resolutions=(32,),
             num_head_channels=8,
             norm_groups=8,
+            dropout_max_resolution=32,  # the tiny net's low-resolution half (64 -> 32)
         )
     return config

@@ -8,6 +8,7 @@ Variant: comma-separated tokens, each a distribution (``gaussian_mixture`` (defa
 from ml_collections import config_dict
 
 from cmjax.config_defaults import add_run_sections, objective_section, optim_section
+from cmjax.data.pipeline import data_source_keys
 
 # Per-objective settings on the toys: objective overrides and the sampling section.
 OBJECTIVE_SETTINGS = {
@@ -18,6 +19,26 @@ OBJECTIVE_SETTINGS = {
     # ECT: stage length d = 250 steps, so the 2,000-step toy run goes through 8 stages
     # (the paper's 400k CIFAR-10 iterations go through 16 of 25k); two-step sigma as iCT's.
     "ect": dict(objective=dict(d=250), sampling=dict(two_step_sigma=2.0)),
+    # TrigFlow / sCT / sCD: c_noise(t) = t through a positional (low-frequency) embedding.
+    # Tangent warmup over 200 steps (the paper's 10k is for 400k-step image runs); sCD needs
+    # --config.objective.teacher=<a toy2d:...,trigflow work directory>.
+    "trigflow": dict(
+        objective={}, sampling=dict(num_steps=50), model=dict(time_embedding="positional")
+    ),
+    "sct": dict(
+        objective=dict(warmup_steps=200),
+        sampling=dict(two_step_t=1.1),
+        model=dict(time_embedding="positional"),
+    ),
+    "scd": dict(
+        objective=dict(warmup_steps=200),
+        sampling=dict(two_step_t=1.1),
+        model=dict(time_embedding="positional"),
+    ),
+    # MeanFlow's network takes h = t - r as a second time input (model overrides).
+    "meanflow": dict(
+        objective={}, sampling=dict(two_step_time=0.5), model=dict(second_time_input=True)
+    ),
 }
 
 
@@ -45,7 +66,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = config_dict.ConfigDict(
-        dict(name="toy2d", distribution=distribution, shape=(2,), num_classes=0)
+        dict(
+            name="toy2d",
+            distribution=distribution,
+            shape=(2,),
+            num_classes=0,
+            random_flip=False,
+            **data_source_keys(),
+        )
     )
     config.model = config_dict.ConfigDict(
         dict(
@@ -59,6 +87,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
+    config.model.update(settings.get("model", {}))
     config.objective = objective_section(objective, **settings["objective"])
     config.optim = optim_section(learning_rate=1e-3)  # small MLP: a larger step is stable
     config.training = config_dict.ConfigDict(

@@ -48,3 +48,43 @@ def image_config():
     config.training.batch_size = 16
     config.training.total_steps = 100
     return config
+
+
+def _train_toy_trigflow(workdir, hidden: int, depth: int, steps: int) -> str:
+    """A toy2d:two_moons,trigflow run (MLP hidden x depth) trained ``steps`` steps and saved as
+    a work directory (one orbax checkpoint with its config), as ``cmjax-train`` leaves it."""
+    import jax
+
+    from cmjax import create_train_state, make_train_step
+    from cmjax.checkpoint import Checkpointer
+    from cmjax.config_loading import load_config
+    from cmjax.data import make_dataset
+
+    config = load_config("toy2d:two_moons,trigflow")
+    config.model.update(hidden=hidden, depth=depth)
+    config.training.update(total_steps=steps, batch_size=256)
+    step = jax.jit(make_train_step(config), donate_argnums=0)
+    state = create_train_state(config, jax.random.key(0))
+    data = make_dataset(config)
+    for k in range(steps):
+        state, _ = step(state, data.batch(k))
+    checkpointer = Checkpointer(workdir, async_save=False)
+    checkpointer.save(steps, state, config, force=True)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def trigflow_teacher(tmp_path_factory):
+    """``make(hidden=32, depth=2, steps=20)`` -> the work directory of a toy TrigFlow run
+    (sCD's teacher), trained once per session and size."""
+    cache = {}
+
+    def make(hidden: int = 32, depth: int = 2, steps: int = 20) -> str:
+        key = (hidden, depth, steps)
+        if key not in cache:
+            cache[key] = _train_toy_trigflow(tmp_path_factory.mktemp("teacher"), *key)
+        return cache[key]
+
+    return make

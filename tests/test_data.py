@@ -90,12 +90,12 @@ def test_missing_tfds_dataset_says_how_to_prepare(tmp_path):
         make_source(dict(IMAGENET, data_dir=str(tmp_path)))
 
 
-def test_npz_images_with_labels_are_resized(tmp_path):
+def test_npz_images_with_labels_are_resized_when_asked(tmp_path):
     path = tmp_path / "d.npz"
     x = np.random.default_rng(0).integers(0, 256, (10, 16, 12, 3), dtype=np.uint8)
     np.savez(path, x=x, labels=np.arange(10) % 3)
     b = make_dataset(
-        _config(batch=4, name="npz", path=str(path), shape=(8, 8, 3), num_classes=3)
+        _config(batch=4, name="npz", path=str(path), shape=(8, 8, 3), num_classes=3, resize=True)
     ).batch(0)
     assert b["x"].shape == (4, 8, 8, 3) and set(b["label"]) <= {0, 1, 2}
 
@@ -140,7 +140,7 @@ def test_image_folder_with_class_subfolders(tmp_path):
         for i in range(3):
             _write_png(tmp_path / cls / f"{i}.png", rng.integers(0, 256, (20, 24, 3), np.uint8))
     src = make_source(
-        dict(name="image_folder", path=str(tmp_path), shape=(16, 16, 3), num_classes=2)
+        dict(name="image_folder", path=str(tmp_path), shape=(16, 16, 3), num_classes=2, resize=True)
     )
     assert len(src) == 6 and src.x.shape == (6, 16, 16, 3)
     assert list(src.labels) == [0, 0, 0, 1, 1, 1]

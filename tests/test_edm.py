@@ -66,21 +66,40 @@ def _oracle_net(mu: float, s: float):
     return net
 
 
-def test_heun_with_the_exact_denoiser_recovers_the_data_distribution():
-    """With the exact denoiser of N(0.3, 0.4^2) the probability-flow ODE maps N(0, 80^2 + s^2)
-    onto the data; Heun's 18 steps land within 1% in std, and beat Euler's 18 steps."""
+def _numpy_solver(x_t, times, mu, s, heun):
+    """EDM Algorithm 1 in float64 with the exact denoiser, written independently."""
+    t = np.append(np.asarray(times, np.float64), 0.0)
+    x = x_t.astype(np.float64)
+
+    def slope(x, sig):
+        return (x - (mu + s**2 / (s**2 + sig**2) * (x - mu))) / sig
+
+    for a, b in zip(t[:-1], t[1:], strict=True):
+        d = slope(x, a)
+        x_next = x + (b - a) * d
+        if heun and b > 0:
+            x_next = x + (b - a) * 0.5 * (d + slope(x_next, b))
+        x = x_next
+    return x
+
+
+def test_heun_with_the_exact_denoiser_matches_float64_and_beats_euler():
+    """Data N(0.3, 0.4^2) and its exact denoiser: cmjax's Heun/Euler equal an independent
+    float64 solver; Heun's 18 steps are 2.7x closer to the exact ODE solution than Euler's."""
     mu, s = 0.3, 0.4
     edm = EDM()
     net = _oracle_net(mu, s)
     key = jax.random.key(0)
-    shape = (20000, 2)
-    heun = np.asarray(edm.sample(net, {}, key, shape, edm.plan(18)))
-    euler = np.asarray(edm.sample(net, {}, key, shape, edm.plan(18, method="euler")))
+    shape = (4000, 2)
+    x_t = 80.0 * np.asarray(jax.random.normal(key, shape), np.float64)
     # The exact ODE solution of this linear problem: x_0 = mu + s / sqrt(s^2 + T^2) (x_T - mu).
-    x_t = 80.0 * np.asarray(jax.random.normal(key, shape))
     exact = mu + s / np.sqrt(s**2 + 80.0**2) * (x_t - mu)
-    heun_err = np.abs(heun - exact).max()
-    euler_err = np.abs(euler - exact).max()
-    assert heun_err < 0.01, heun_err  # measured 6e-4
-    assert euler_err > 5 * heun_err, (euler_err, heun_err)
-    assert abs(heun.std() - s) < 0.01 * s and abs(heun.mean() - mu) < 0.01
+    errors = {}
+    for method in ("heun", "euler"):
+        plan = edm.plan(18, method=method)
+        got = np.asarray(edm.sample(net, {}, key, shape, plan), np.float64)
+        want = _numpy_solver(x_t, plan.times, mu, s, heun=method == "heun")
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        errors[method] = np.abs((got - mu) / (exact - mu) - 1).max()
+    # Measured: relative error of the contraction factor 0.059 (Heun) vs 0.158 (Euler).
+    assert errors["heun"] < 0.07 and errors["euler"] > 2.5 * errors["heun"], errors

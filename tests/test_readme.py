@@ -104,6 +104,7 @@ def test_readme_main_command_trains_the_default(tmp_path):
             "--config.training.sample_every=3",
             "--config.training.log_every=1",
             "--config.checkpoint.every_steps=3",
+            "--config.eval.every_steps=0",  # the proxy: tests/test_digits_proxy.py
         ],
         cwd=ROOT,
         capture_output=True,

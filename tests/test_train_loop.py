@@ -60,7 +60,7 @@ def _cli(workdir, config, devices=8, extra_env=None):
     )
 
 
-def _wait_for_checkpoint(workdir, proc, timeout=120):
+def _wait_for_checkpoint(workdir, proc, timeout=600):  # slow on a loaded 2-core box
     ckpts = Path(workdir) / "checkpoints"
     start = time.time()
     while time.time() - start < timeout:
@@ -210,7 +210,7 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
         if f.is_file() and f.stat().st_size > 0 and "ocdbt" in str(f) or f.name == "_METADATA":
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     config.training.total_steps = 20
-    with pytest.raises(CheckpointError, match=r"checkpoints/10 could not be restored.*Delete"):
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint.*checkpoints/10 "):
         train_and_evaluate(config, tmp_path)
 
 
@@ -219,7 +219,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     train_and_evaluate(config, tmp_path)
     config.model.hidden = 48
     config.training.total_steps = 20
-    with pytest.raises(CheckpointError, match="different model"):
+    with pytest.raises(CheckpointError, match=r"cannot resume.*model\.hidden: 32 -> 48"):
         train_and_evaluate(config, tmp_path)
 
 

@@ -34,7 +34,7 @@ class Dataset:
         process_count: int = 1,
     ):
         if global_batch_size % process_count:
-            raise ValueError(
+            raise sources.DataError(
                 f"global batch {global_batch_size} does not split over {process_count} processes"
             )
         if not 0 <= process_index < process_count:
@@ -93,7 +93,13 @@ class Dataset:
 
 
 TFDS_NAMES = {"cifar10": ("cifar10", False), "imagenet64": ("imagenet_resized/64x64", True)}
-SOURCES = ("toy2d", "digits", "cifar10", "imagenet64", "tfds", "npz", "image_folder")
+SOURCES = ("toy2d", "digits", "cifar10", "imagenet64", "tfds", "npz", "image_folder", "prepared")
+
+
+def data_source_keys() -> dict[str, Any]:
+    """The optional keys of every source, unset, for every shipped config's data section:
+    so ``--config.data.path=...`` (and the rest) work on any config from the command line."""
+    return dict(path="", data_dir="", tfds_name="", split="train", resize=False)
 
 
 def make_source(data: Mapping[str, Any], seed: int = 0):
@@ -101,12 +107,13 @@ def make_source(data: Mapping[str, Any], seed: int = 0):
     name = data.get("name")
     shape = tuple(data["shape"])
     num_classes = int(data.get("num_classes", 0))
+    resize = bool(data.get("resize", False))
     if name == "toy2d":
         return sources.ToyStream(data.get("distribution", "gaussian_mixture"), seed)
     if name == "digits":
         src = sources.digits_source()
         src = sources.ArraySource(
-            sources.resize_images(src.x, shape, "digits"),
+            sources.resize_images(src.x, shape, "digits", resize),
             src.labels if num_classes else None,
             "digits",
         )
@@ -124,9 +131,11 @@ def make_source(data: Mapping[str, Any], seed: int = 0):
             with_labels=num_classes > 0,
         )
     if name == "npz":
-        return sources.npz_source(data.get("path", ""), shape, num_classes)
+        return sources.npz_source(data.get("path", ""), shape, num_classes, resize)
     if name == "image_folder":
-        return sources.image_folder_source(data.get("path", ""), shape, num_classes)
+        return sources.image_folder_source(data.get("path", ""), shape, num_classes, resize)
+    if name == "prepared":
+        return sources.prepared_source(data.get("path", ""), shape, num_classes)
     raise sources.DataError(f"unknown config.data.name {name!r}; choose one of {SOURCES}")
 
 

@@ -7,16 +7,42 @@ as uint8 (n, H, W, C), vectors as float32 (n, D), labels as int (n,) or None.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from cmjax.user_errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+log = logging.getLogger("cmjax")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data is missing or malformed; the message says which file and what to do."""
+
+
+def _size_mismatch(where: str, found: Sequence[int], shape: Sequence[int]) -> DataError:
+    got, want = "x".join(map(str, found)), "x".join(map(str, shape))
+    return DataError(
+        f"{where}: images are {got} but config.data.shape is {want}; set "
+        f"config.data.shape={tuple(found)} to train at their size, or config.data.resize=True "
+        "to center-crop and resize them"
+    )
+
+
+def check_finite(x: np.ndarray, where: str) -> None:
+    """Raise a DataError naming the first non-finite entry of float array ``x`` (N, ...)."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(
+            f"{where}: example {index[0]} holds {x[index]} at index {index}; data must be "
+            f"finite ({int(bad.any(axis=tuple(range(1, x.ndim))).sum())} example(s) are not): "
+            "drop or fix them"
+        )
 
 
 @dataclasses.dataclass
@@ -134,8 +160,11 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarra
     return labels.astype(np.int32)
 
 
-def resize_images(x: np.ndarray, shape: Sequence[int], where: str) -> np.ndarray:
-    """Center-crop to square and resize uint8 (N, H, W, C) to ``shape`` (H', W', C)."""
+def resize_images(
+    x: np.ndarray, shape: Sequence[int], where: str, resize: bool = False
+) -> np.ndarray:
+    """uint8 (N, H, W, C) images as ``shape`` (H', W', C): unchanged if they already are,
+    else a DataError, or with ``resize`` center-cropped to square and resized (logged)."""
     from PIL import Image
 
     h, w, c = shape
@@ -143,6 +172,17 @@ def resize_images(x: np.ndarray, shape: Sequence[int], where: str) -> np.ndarray
         return x
     if x.shape[-1] != c:
         raise DataError(f"{where}: images have {x.shape[-1]} channels, config.data.shape wants {c}")
+    if not resize:
+        raise _size_mismatch(where, x.shape[1:], shape)
+    log.warning(
+        "%s: center-cropping and resizing %d images from %dx%d to %dx%d (config.data.resize)",
+        where,
+        len(x),
+        x.shape[1],
+        x.shape[2],
+        h,
+        w,
+    )
     out = np.empty((len(x), h, w, c), np.uint8)
     for i, img in enumerate(x):
         out[i] = _resize_one(Image.fromarray(img.squeeze(-1) if c == 1 else img), h, w, c)
@@ -159,22 +199,29 @@ def _resize_one(img, h: int, w: int, c: int) -> np.ndarray:
     return arr[..., None] if c == 1 else arr
 
 
-def npz_source(path: str, shape: Sequence[int], num_classes: int) -> ArraySource:
+def npz_source(
+    path: str, shape: Sequence[int], num_classes: int, resize: bool = False
+) -> ArraySource:
     """An .npz with ``x`` (or ``images``): uint8 (N, H, W, C) images or float (N, D) vectors,
-    and optional integer ``labels`` (N,)."""
+    and optional integer ``labels`` (N,). Vectors must be finite."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"npz file {p} does not exist; set config.data.path to an .npz file")
-    with np.load(p) as f:
-        key = "x" if "x" in f else "images" if "images" in f else None
-        if key is None:
-            raise DataError(f"{p}: no array named 'x' or 'images' (found {sorted(f.files)})")
-        x = f[key]
-        labels = f.get("labels", None)
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            key = "x" if "x" in f else "images" if "images" in f else None
+            if key is None:
+                raise DataError(f"{p}: no array named 'x' or 'images' (found {sorted(f.files)})")
+            x = f[key]
+            labels = f.get("labels", None)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{p} cannot be read as an .npz ({e}); rewrite it with numpy.savez") from e
     if x.ndim == 4:
         if x.dtype != np.uint8:
             raise DataError(f"{p}: images must be uint8 (N, H, W, C), got dtype {x.dtype}")
-        x = resize_images(x, shape, str(p))
+        x = resize_images(x, shape, str(p), resize)
     elif x.ndim == 2:
         if not np.issubdtype(x.dtype, np.floating):
             raise DataError(f"{p}: vectors must be float (N, D), got dtype {x.dtype}")
@@ -182,7 +229,9 @@ def npz_source(path: str, shape: Sequence[int], num_classes: int) -> ArraySource
             raise DataError(
                 f"{p}: vectors have dimension {x.shape[1]}, config.data.shape is {tuple(shape)}"
             )
+        check_finite(x, f"{p} '{key}'")
         x = x.astype(np.float32)
+        check_finite(x, f"{p} '{key}' (as float32)")
     else:
         raise DataError(
             f"{p}: '{key}' must have rank 4 (images) or 2 (vectors), got shape {x.shape}"
@@ -196,9 +245,12 @@ def npz_source(path: str, shape: Sequence[int], num_classes: int) -> ArraySource
     return ArraySource(x, labels, p.name)
 
 
-def image_folder_source(path: str, shape: Sequence[int], num_classes: int) -> ArraySource:
+def image_folder_source(
+    path: str, shape: Sequence[int], num_classes: int, resize: bool = False
+) -> ArraySource:
     """PNG/JPEG files under ``path``; with ``num_classes`` > 0 each sub-folder is a class
-    (sorted by name, labels 0..K-1)."""
+    (sorted by name, labels 0..K-1). Every image must have ``shape``'s size unless
+    ``resize`` (center crop + bicubic resize, logged)."""
     from PIL import Image
 
     root = Path(path)
@@ -219,18 +271,72 @@ def image_folder_source(path: str, shape: Sequence[int], num_classes: int) -> Ar
     if mode is None:
         raise DataError(f"image folders need 1 or 3 channels, config.data.shape has {c}")
     first_mode = None
+    resized = 0
     for i, f in enumerate(files):
-        with Image.open(f) as img:
-            native = "L" if img.mode in ("L", "1", "I;16") else "RGB"
-            first_mode = first_mode or (native, f)
-            if native != first_mode[0]:
-                raise DataError(
-                    f"{f} is {native} but {first_mode[1]} is {first_mode[0]}: "
-                    "images of one dataset must share a channel count"
-                )
-            x[i] = _resize_one(img.convert(mode), h, w, c)
+        try:
+            with Image.open(f) as img:
+                native = "L" if img.mode in ("L", "1", "I;16") else "RGB"
+                first_mode = first_mode or (native, f)
+                if native != first_mode[0]:
+                    raise DataError(
+                        f"{f} is {native} but {first_mode[1]} is {first_mode[0]}: "
+                        "images of one dataset must share a channel count"
+                    )
+                if img.size != (w, h):
+                    if not resize:
+                        raise _size_mismatch(str(f), (img.size[1], img.size[0], c), shape)
+                    resized += 1
+                x[i] = _resize_one(img.convert(mode), h, w, c)
+        except (OSError, SyntaxError, ValueError) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(
+                f"{f} cannot be read as an image ({type(e).__name__}: {e}); replace or remove it"
+            ) from e
+    if resized:
+        log.warning(
+            "%s: center-cropped and resized %d of %d images to %dx%d (config.data.resize)",
+            root,
+            resized,
+            len(files),
+            h,
+            w,
+        )
     labels = None
     if num_classes:
         index = {name: k for k, name in enumerate(classes)}
         labels = np.array([index[f.parent.relative_to(root).as_posix()] for f in files], np.int32)
+    return ArraySource(x, labels, root.name)
+
+
+def prepared_source(path: str, shape: Sequence[int], num_classes: int) -> ArraySource:
+    """A folder written by ``cmjax-prepare-imagenet``: ``images.npy`` uint8 (N, H, W, C) read
+    by memory map (only the requested rows are read), ``labels.npy`` int (N,), ``info.json``."""
+    import json
+
+    root = Path(path)
+    hint = f"prepare it with `cmjax-prepare-imagenet --src=<train folder> --out={root}`"
+    if not root.is_dir():
+        raise DataError(f"prepared data folder {root} does not exist; {hint}")
+    if not (root / "info.json").is_file():
+        raise DataError(f"{root} is not a finished prepared folder (no info.json); {hint}")
+    info = json.loads((root / "info.json").read_text())
+    try:
+        x = np.load(root / "images.npy", mmap_mode="r")
+        labels = np.load(root / "labels.npy")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{root}: cannot read images.npy/labels.npy ({e}); {hint}") from e
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != tuple(shape):
+        raise DataError(
+            f"{root}/images.npy is {x.dtype} {x.shape}, config.data.shape is {tuple(shape)}; "
+            "prepare with a matching --image-size or change config.data.shape"
+        )
+    if len(labels) != len(x):
+        raise DataError(f"{root}: {len(x)} images but {len(labels)} labels")
+    if num_classes and num_classes != info.get("num_classes"):
+        raise DataError(
+            f"{root} has {info.get('num_classes')} classes, config.data.num_classes is "
+            f"{num_classes}"
+        )
+    labels = _check_labels(labels, num_classes, str(root)) if num_classes else None
     return ArraySource(x, labels, root.name)

@@ -1,5 +1,6 @@
-"""In-loop evaluation: FID (when Inception weights and reference statistics are configured)
-or, for vector data, the sliced Wasserstein distance, for 1- and 2-step samples.
+"""In-loop evaluation: FID (when Inception weights and reference statistics are configured),
+for the embedded 8x8 digits the FID proxy of ``digits_proxy`` (not FID), or, for vector data,
+the sliced Wasserstein distance, for 1- and 2-step samples.
 
 ``config.eval``: every_steps (0 = off), num_samples, batch_size, inception_path, ref_stats.
 """
@@ -16,6 +17,7 @@ from jax.experimental import multihost_utils
 
 from cmjax import images, parallel
 from cmjax.data import make_dataset
+from cmjax.evaluation import digits_proxy
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
 from cmjax.hparams import TrainHParams
 from cmjax.objectives import SamplerPlan
@@ -77,6 +79,16 @@ def make_evaluator(config: Mapping[str, Any]) -> Callable[[TrainState], dict[str
             }
 
         return evaluate_sw
+    if digits_proxy.applies_to(config) and not ev.get("inception_path"):
+
+        def evaluate_digits(state):
+            out = {}
+            for name, plan in plans.items():
+                x = images.to_uint8(generate(config, state, plan, num, batch)[0])
+                out[f"digits_fd_proxy_{name}"] = digits_proxy.digits_fd_proxy(x)
+            return out | {"digits_fd_proxy_floor": digits_proxy.data_floor()}
+
+        return evaluate_digits
     if not ev.get("inception_path") or not ev.get("ref_stats"):
         raise ValueError(
             "config.eval.every_steps > 0 on image data needs "

@@ -1,7 +1,24 @@
-"""Networks F(x, c_noise, labels) and ``build_model`` from a config's ``model`` section.
+"""Networks F(x, noise_cond, labels, train, h) and ``build_model`` from a config's ``model``.
 
-Every network is a Flax linen module called as
-``module.apply(variables, x, noise_cond, labels, train, rngs={"dropout": key})``.
+Every network is a Flax linen module with the call contract
+``__call__(self, x, noise_cond, labels=None, train=False, h=None)``, used as
+``module.apply(variables, x, noise_cond, labels, train, rngs={"dropout": key})`` or with
+those keywords: x (B, ...) float; noise_cond (B,) float, whatever the objective passes
+(iCT: c_noise = 0.25 ln sigma times ``noise_cond_scale``; sCT/MeanFlow: t); labels (B,) int or
+None; train switches dropout on; h (B,) float, a second time input (MeanFlow's t - r) for
+networks built with ``second_time_input=True``. The output has the shape of x.
+
+Shared switches (module fields, hence ``config.model`` keys), off by default so the paper
+networks' parameter counts are unchanged:
+  ``time_embedding``: "fourier" | "positional" (every network);
+  ``second_time_input``: bool (every network);
+  ``adaptive_double_norm``: bool, sCM's AdaGN (``adm``, ``ddpmpp``; needs
+  ``use_scale_shift_norm=True``);
+  ``dropout_max_resolution``: int, 0 = dropout everywhere (``ncsnpp``, ``adm``, ``ddpmpp``).
+Every network is forward-mode differentiable (``jax.jvp``), attention included.
+
+``ddpmpp`` is EDM's DDPM++; ``cmjax.models.ddpmpp.DDPMPP_CIFAR10`` is its CIFAR-10 model
+section (55,732,739 parameters).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from cmjax.models.layers import (
     compute_dtype,
     dropout_rate_at,
     group_norm,
-    pixel_norm,
+    modulate,
     spatial_attention,
     torch_default_init,
 )
@@ -75,11 +75,7 @@ class ADMResBlock(nn.Module):
         norm = group_norm(out_ch, self.norm_groups, GROUP_NORM_EPS)
         if self.use_scale_shift_norm:
             scale, shift = jnp.split(emb_out, 2, axis=-1)
-            if self.adaptive_double_norm:
-                scale, shift = pixel_norm(scale), pixel_norm(shift)
-            else:
-                scale = 1.0 + scale
-            h = norm(h) * scale[:, None, None, :] + shift[:, None, None, :]
+            h = modulate(norm(h), scale, shift, self.adaptive_double_norm)
         else:
             h = norm(h.astype(acc) + emb_out[:, None, None, :])
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))

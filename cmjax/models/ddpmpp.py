@@ -31,7 +31,7 @@ from cmjax.models.layers import (
     fir_downsample_2x,
     fir_upsample_2x,
     group_norm,
-    pixel_norm,
+    modulate,
 )
 
 # A config's model section for EDM's CIFAR-10 DDPM++ (its train.py: dropout 0.13).
@@ -109,11 +109,7 @@ class SongUNetBlock(nn.Module):
         norm1 = group_norm(out_ch, eps=_GN_EPS, name="norm1")
         if self.use_scale_shift_norm:
             scale, shift = jnp.split(params, 2, axis=-1)
-            if self.adaptive_double_norm:
-                scale, shift = pixel_norm(scale), pixel_norm(shift)
-            else:
-                scale = scale + 1.0
-            h = nn.silu(norm1(h) * scale[:, None, None, :] + shift[:, None, None, :])
+            h = nn.silu(modulate(norm1(h), scale, shift, self.adaptive_double_norm))
         else:
             h = nn.silu(norm1(h.astype(acc) + params[:, None, None, :]))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)

@@ -54,6 +54,20 @@ def pixel_norm(a: jax.Array, eps: float = 1e-8) -> jax.Array:
     return a * jax.lax.rsqrt(jnp.mean(jnp.square(a), axis=-1, keepdims=True) + eps)
 
 
+def modulate(normed, scale, shift, double_norm: bool = False):
+    """AdaGN: a normalized (B, H, W, C) map modulated by per-example (B, C) scale and shift.
+
+    normed * (1 + scale) + shift (ADM's scale-shift norm, EDM's adaptive_scale), or with
+    ``double_norm`` sCM's adaptive double normalization (Lu & Song 2024, Sec. 4.1):
+    normed * pnorm(scale) + pnorm(shift).
+    """
+    if double_norm:
+        scale, shift = pixel_norm(scale), pixel_norm(shift)
+    else:
+        scale = 1.0 + scale
+    return normed * scale[:, None, None, :] + shift[:, None, None, :]
+
+
 def dropout_rate_at(rate: float, resolution: int, max_resolution: int | None) -> float:
     """The dropout rate of a layer whose feature maps are ``resolution`` pixels wide.
 
@@ -122,16 +136,22 @@ class FIRDownConv3x3(nn.Module):
 def spatial_attention(q, k, v, num_heads: int):
     """Multi-head self-attention over the pixels of (B, H, W, C) q, k, v; scale 1/sqrt(C/heads).
 
-    Always the XLA implementation of ``jax.nn.dot_product_attention``: plain differentiable
-    ops, so ``jax.jvp`` (sCT, MeanFlow) works through every network on every backend; a fused
-    cuDNN kernel has only a reverse-mode rule.
+    A plain einsum-softmax-einsum (what XLA's own attention path does): differentiable in both
+    modes, so ``jax.jvp`` (sCT, MeanFlow) works through every network on every backend, where
+    a fused cuDNN kernel has only a reverse-mode rule. Logits and softmax in float32 (float64
+    for float64 inputs); the output has the dtype of q.
     """
     b, h, w, c = q.shape
     if c % num_heads:
         raise ValueError(f"{c} channels do not split into {num_heads} heads")
+    acc = accum_dtype(q.dtype)
 
     def heads(t):
         return t.reshape(b, h * w, num_heads, c // num_heads)
 
-    out = jax.nn.dot_product_attention(heads(q), heads(k), heads(v), implementation="xla")
-    return out.reshape(b, h, w, c)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", heads(q), heads(k), preferred_element_type=acc)
+    weights = jax.nn.softmax(logits * (c // num_heads) ** -0.5, axis=-1)
+    out = jnp.einsum(
+        "bhqk,bkhd->bqhd", weights.astype(v.dtype), heads(v), preferred_element_type=acc
+    )
+    return out.reshape(b, h, w, c).astype(q.dtype)

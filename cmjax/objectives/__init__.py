@@ -4,7 +4,11 @@
 | --- | --- | --- |
 | ``ict`` | consistency training from scratch (Song & Dhariwal 2023) | DESIGN.md §1 |
 | ``edm`` | EDM diffusion, Heun sampler (Karras et al. 2022) | OBJECTIVES.md §2 |
-| ``ect`` | easy consistency tuning, e.g. from an EDM run (Geng et al. 2024) | OBJECTIVES.md §3 |
+| ``ect`` | easy consistency tuning, from scratch or an EDM run (Geng et al.) | OBJECTIVES.md §3 |
+| ``trigflow`` | TrigFlow diffusion, DDIM sampler (Lu & Song 2024) | OBJECTIVES.md §4 |
+| ``sct`` | continuous-time consistency training (Lu & Song 2024) | OBJECTIVES.md §4 |
+| ``scd`` | continuous-time consistency distillation from a TrigFlow teacher | OBJECTIVES.md §4 |
+| ``meanflow`` | average-velocity flow, 1-step sampling (Geng et al. 2025) | OBJECTIVES.md §5 |
 """
 
 from __future__ import annotations
@@ -17,8 +21,18 @@ from cmjax.objectives.base import Objective, ObjectiveContext, SamplerPlan
 from cmjax.objectives.ect import ECT
 from cmjax.objectives.edm import EDM
 from cmjax.objectives.ict import ICT
+from cmjax.objectives.meanflow import MeanFlow
+from cmjax.objectives.trigflow import SCD, SCT, TrigFlow
 
-OBJECTIVES: dict[str, type[Objective]] = {"ict": ICT, "edm": EDM, "ect": ECT}
+OBJECTIVES: dict[str, type[Objective]] = {
+    "ict": ICT,
+    "edm": EDM,
+    "ect": ECT,
+    "trigflow": TrigFlow,
+    "sct": SCT,
+    "scd": SCD,
+    "meanflow": MeanFlow,
+}
 
 
 def objective_section(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,9 +63,13 @@ __all__ = [
     "EDM",
     "ICT",
     "OBJECTIVES",
+    "MeanFlow",
+    "SCD",
+    "SCT",
     "Objective",
     "ObjectiveContext",
     "SamplerPlan",
+    "TrigFlow",
     "build_objective",
     "objective_section",
 ]

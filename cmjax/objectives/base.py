@@ -4,7 +4,8 @@ An objective is a frozen, hashable dataclass built once from ``config.objective`
 three small pure pieces; everything else (the train step, optimizer, EMA, sharding,
 checkpoints, data, loop, sampler jit and CLIs) is shared:
 
-- ``loss(params, apply_fn, x, labels, rng, step)``: the per-example loss (B,) and metrics;
+- ``loss(params, apply_fn, x, labels, rng, step)``: the per-example loss (B,) and metrics
+  (objectives with frozen parameters, e.g. sCD's teacher, also take ``frozen=``);
 - its parametrization: how the raw network output becomes a denoiser / consistency
   function / velocity (``params`` may hold extra trained pieces beside the network, e.g. an
   adaptive loss weight; ``net_params`` picks out the network's);
@@ -88,6 +89,20 @@ class Objective:
         del params
         return net_params
 
+    def init_frozen(self, net_params: Any) -> Any:
+        """The structure of the frozen (never trained) parameters this objective reads, e.g.
+        sCD's teacher, kept in ``TrainState.frozen``; None (the default) when it has none.
+        Built inside the jitted init from fresh network parameters: placeholders only, the
+        real values are loaded by ``cmjax.teacher.attach_frozen`` (see ``load_frozen``)."""
+        del net_params
+        return None
+
+    def load_frozen(self, like: Any) -> Any:
+        """The frozen parameters' values on the host, laid out like ``like`` (the
+        ``init_frozen`` placeholders, possibly abstract with shardings); only called when
+        ``init_frozen`` is not None."""
+        raise NotImplementedError
+
     # -- training --------------------------------------------------------------------------
     def loss(
         self,
@@ -98,7 +113,10 @@ class Objective:
         rng: jax.Array,
         step: jax.Array,
     ) -> tuple[jax.Array, Metrics]:
-        """(per-example loss (B,) float32, metrics of scalars) for data ``x`` (B, ...)."""
+        """(per-example loss (B,) float32, metrics of scalars) for data ``x`` (B, ...).
+
+        The train step passes ``frozen=state.frozen`` as well when the objective has frozen
+        parameters (``init_frozen`` not None); objectives without them need not accept it."""
         raise NotImplementedError
 
     # -- sampling --------------------------------------------------------------------------

@@ -1,6 +1,12 @@
 """iCT (Song & Dhariwal 2023): consistency training on the Karras grid with the doubling
 curriculum, lognormal pair sampling, Pseudo-Huber over the whole example and 1/(s_{i+1}-s_i).
 
+iLCT options (Dao et al. 2025, arXiv 2502.01441), each off by default so that the defaults are
+iCT exactly: ``loss="cauchy"`` with ``c_schedule="adaptive"`` (c = exp(-1.15 ln(N - 1) - 0.85)
+once the curriculum has doubled N at least once), ``diffusion_loss_weight`` (5 in iLCT) on the
+``diffusion_loss_fraction`` (25%) lowest-noise pairs, and ``ot_pairing`` (minibatch optimal
+transport between data and noise). iLCT's non-scaling LayerNorm is a network change, not here.
+
 The math lives in ``cmjax.ict`` (grid, curriculum, pair draws, scalings); this module is the
 objective: the loss of one step and the consistency samplers.
 """
@@ -28,8 +34,10 @@ from cmjax.objectives.base import (
     check_times,
     read_section,
 )
+from cmjax.ot_pairing import ot_pair_noise
 
 WEIGHTINGS = ("ict", "uniform")
+C_SCHEDULES = ("fixed", "adaptive")
 SCHEDULE_KEYS = tuple(
     f.name for f in dataclasses.fields(ict.NoiseSchedule) if f.name != "total_steps"
 )
@@ -49,6 +57,11 @@ def ict_defaults() -> dict[str, Any]:
         loss="pseudo_huber",
         loss_c=None,  # None: 0.00054 * sqrt(dim)
         weighting="ict",
+        # iLCT switches (arXiv 2502.01441); these defaults are plain iCT.
+        c_schedule="fixed",  # "adaptive": c = exp(-1.15 ln(N-1) - 0.85) after the 1st doubling
+        diffusion_loss_weight=0.0,  # iLCT: 5.0
+        diffusion_loss_fraction=0.25,  # share of the N - 1 pairs, lowest noise first
+        ot_pairing=False,  # iLCT: True (exact minibatch OT of data and noise)
     )
 
 
@@ -147,11 +160,22 @@ class ICT(ConsistencySampling, Objective):
     weighting: str = "ict"
     noise_cond_scale: float = 1.0
     two_step_sigma: float = 0.821
+    c_schedule: str = "fixed"
+    diffusion_loss_weight: float = 0.0
+    diffusion_loss_fraction: float = 0.25
+    ot_pairing: bool = False
 
     def __post_init__(self):
         losses.get_distance(self.loss_name)
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"config.objective.weighting must be one of {WEIGHTINGS}")
+        if self.c_schedule not in C_SCHEDULES:
+            raise ConfigError(f"config.objective.c_schedule must be one of {C_SCHEDULES}")
+        if self.diffusion_loss_weight < 0 or not 0 < self.diffusion_loss_fraction <= 1:
+            raise ConfigError(
+                "config.objective needs diffusion_loss_weight >= 0 and "
+                "0 < diffusion_loss_fraction <= 1"
+            )
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -177,7 +201,19 @@ class ICT(ConsistencySampling, Objective):
             weighting=v["weighting"],
             noise_cond_scale=ctx.noise_cond_scale,
             two_step_sigma=float(ctx.sampling.get("two_step_sigma", 0.821)),
+            c_schedule=str(v["c_schedule"]),
+            diffusion_loss_weight=float(v["diffusion_loss_weight"]),
+            diffusion_loss_fraction=float(v["diffusion_loss_fraction"]),
+            ot_pairing=bool(v["ot_pairing"]),
         )
+
+    def loss_scale(self, n: jax.Array) -> jax.Array | float:
+        """The distance's c at N(step) = ``n`` grid points: ``loss_c``, or with
+        ``c_schedule="adaptive"`` iLCT's exp(-1.15 ln(N - 1) - 0.85) once N > s0 + 1."""
+        if self.c_schedule == "fixed":
+            return self.loss_c  # a Python float, exactly as iCT (bit-identical losses)
+        doubled = n > self.schedule.s0 + 1
+        return jnp.where(doubled, ict.adaptive_cauchy_c(n), jnp.float32(self.loss_c))
 
     def _sigmas(self):
         s = self.schedule
@@ -194,8 +230,10 @@ class ICT(ConsistencySampling, Objective):
     ) -> tuple[jax.Array, Metrics]:
         schedule = self.schedule
         k_sigma, k_noise, k_dropout = jax.random.split(rng, 3)
-        sigma, sigma_next = ict.sample_sigma_pairs(k_sigma, step, x.shape[0], schedule)
+        idx, sigma, sigma_next = ict.sample_pair_indices(k_sigma, step, x.shape[0], schedule)
         z = jax.random.normal(k_noise, x.shape, jnp.float32)
+        if self.ot_pairing:
+            z = ot_pair_noise(x, z)
         if self.weighting == "ict":
             weight = ict.ict_loss_weight(sigma, sigma_next)
         else:
@@ -213,10 +251,23 @@ class ICT(ConsistencySampling, Objective):
             sigma_min=schedule.sigma_min,
             noise_cond_scale=self.noise_cond_scale,
         )
-        dist = losses.get_distance(self.loss_name)(student, teacher, self.loss_c)
+        n = ict.num_scales(step, schedule.total_steps, schedule.s0, schedule.s1)
+        c = self.loss_scale(n)
+        dist = losses.get_distance(self.loss_name)(student, teacher, c)
         metrics = {
             "distance": jnp.mean(dist),
-            "num_scales": ict.num_scales(step, schedule.total_steps, schedule.s0, schedule.s1),
+            "num_scales": n,
             "sigma_mean": jnp.mean(sigma_next),
         }
-        return weight * dist, metrics
+        loss = weight * dist
+        if self.c_schedule != "fixed":
+            metrics["loss_c"] = c
+        if self.diffusion_loss_weight > 0:
+            # iLCT: (1/sigma^2 + 1/sd^2) ||f(x + sigma z, sigma) - x||^2 at the student's
+            # sigma = sigma_{i+1}, on the lowest-noise pairs only.
+            mask = ict.low_noise_mask(idx, n, self.diffusion_loss_fraction)
+            lam = 1.0 / jnp.square(sigma_next) + 1.0 / schedule.sigma_data**2
+            diffusion = lam * losses.squared_l2(student, x)
+            loss = loss + self.diffusion_loss_weight * mask * diffusion
+            metrics["diffusion_loss"] = jnp.sum(mask * diffusion) / jnp.maximum(jnp.sum(mask), 1)
+        return loss, metrics
