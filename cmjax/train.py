@@ -299,6 +299,15 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
     )
     checkpointer = writer = None
     try:
+        # Data first: a missing or malformed dataset is reported before anything compiles.
+        dataset = make_dataset(config, jax.process_index(), jax.process_count())
+        n = len(dataset.source)
+        log.info(
+            "data: %s, %s examples of shape %s",
+            dataset.source.name,
+            "an endless stream of" if n >= 2**62 else f"{n:,}",
+            tuple(hp.data_shape),
+        )
         ckpt_cfg = config.get("checkpoint", {})
         checkpointer = Checkpointer(
             workdir,
@@ -327,14 +336,6 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
             log.info("initializing a new state: %s parameters", f"{_count_params(abstract):,}")
             state = parallel.create_sharded_train_state(config, abstract, jax.random.key(hp.seed))
         start = int(jax.device_get(state.step))
-        dataset = make_dataset(config, jax.process_index(), jax.process_count())
-        n = len(dataset.source)
-        log.info(
-            "data: %s, %s examples of shape %s",
-            dataset.source.name,
-            "an endless stream of" if n >= 2**62 else f"{n:,}",
-            tuple(hp.data_shape),
-        )
         # Built by a jit so that multi-process runs get one global, replicated key.
         rng = jax.jit(lambda: jax.random.key(hp.seed), out_shardings=NamedSharding(mesh, P()))()
         writer = metric_writers.create_default_writer(
