@@ -296,6 +296,15 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
     )
     checkpointer = writer = None
     try:
+        # Data first: a missing or malformed dataset is reported before anything compiles.
+        dataset = make_dataset(config, jax.process_index(), jax.process_count())
+        n = len(dataset.source)
+        log.info(
+            "data: %s, %s examples of shape %s",
+            dataset.source.name,
+            "an endless stream of" if n >= 2**62 else f"{n:,}",
+            tuple(hp.data_shape),
+        )
         ckpt_cfg = config.get("checkpoint", {})
         checkpointer = Checkpointer(
             workdir,
@@ -325,14 +334,6 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
             state = parallel.create_sharded_train_state(config, abstract, jax.random.key(hp.seed))
             state = apply_init_from(config, state, mesh)  # config.init_from: another run's EMA
         start = int(jax.device_get(state.step))
-        dataset = make_dataset(config, jax.process_index(), jax.process_count())
-        n = len(dataset.source)
-        log.info(
-            "data: %s, %s examples of shape %s",
-            dataset.source.name,
-            "an endless stream of" if n >= 2**62 else f"{n:,}",
-            tuple(hp.data_shape),
-        )
         # Built by a jit so that multi-process runs get one global, replicated key.
         rng = jax.jit(lambda: jax.random.key(hp.seed), out_shardings=NamedSharding(mesh, P()))()
         writer = metric_writers.create_default_writer(
