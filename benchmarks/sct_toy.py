@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +54,12 @@ def start_from(config, trig_state):
     """A fresh consistency state whose network (and EMA) is the TrigFlow run's EMA."""
     hp = TrainHParams.from_config(config)
     state = create_train_state(config, jax.random.key(config.seed))
-    params = hp.objective.replace_net_params(state.params, trig_state.ema_params[0])
+    # Own buffers: the consistency step donates its state, the TrigFlow EMA is used again.
+    net = jax.tree.map(jnp.copy, trig_state.ema_params[0])
+    params = hp.objective.replace_net_params(state.params, net)
     return state.replace(
         params=params,
-        ema_params=tuple(jax.tree.map(lambda a: a.copy(), params) for _ in state.ema_params),
+        ema_params=tuple(jax.tree.map(jnp.copy, params) for _ in state.ema_params),
         opt_state=state.tx.init(params),
     )
 
@@ -85,10 +88,15 @@ def run(budget: int, dist: str, seed: int, workdir: Path) -> dict[str, dict[str,
     data = make_dataset(held_cfg)
     held = np.concatenate([data.batch(10**6 + i)["x"] for i in range(8)])[:4000]
     rows = {}
+
+    def record(label, values):
+        rows[label] = values
+        print(f"seed {seed}: {label}: {values}", flush=True)
+
     cfg = toy_config(dist, "trigflow", budget, seed)
-    rows[f"TrigFlow ({budget})"] = distances(cfg, train(cfg), held, ddim_plans)
+    record(f"TrigFlow ({budget})", distances(cfg, train(cfg), held, ddim_plans))
     cfg = toy_config(dist, "sct", budget, seed)
-    rows[f"sCT from scratch ({budget})"] = distances(cfg, train(cfg), held, consistency_plans)
+    record(f"sCT from scratch ({budget})", distances(cfg, train(cfg), held, consistency_plans))
     trig_cfg = toy_config(dist, "trigflow", half, seed)
     trig = train(trig_cfg)
     teacher = workdir / f"trigflow_{seed}"
@@ -96,14 +104,14 @@ def run(budget: int, dist: str, seed: int, workdir: Path) -> dict[str, dict[str,
     ckpt.save(half, trig, trig_cfg, force=True)
     ckpt.wait_until_finished()
     ckpt.close()
-    rows[f"TrigFlow ({half}), DDIM"] = distances(trig_cfg, trig, held, ddim_plans)
+    record(f"TrigFlow ({half})", distances(trig_cfg, trig, held, ddim_plans))
     for name in ("sct", "scd"):
         cfg = toy_config(dist, name, budget - half, seed)
         if name == "scd":
             cfg.objective.teacher = str(teacher)
         state = train(cfg, start_from(cfg, trig), offset=half)
         label = f"TrigFlow ({half}) -> {name.upper().replace('SC', 'sC')} ({budget - half})"
-        rows[label] = distances(cfg, state, held, consistency_plans)
+        record(label, distances(cfg, state, held, consistency_plans))
     return rows
 
 
