@@ -1,6 +1,6 @@
 """iLCT switches and LCSC on the two-moons toy at an equal training budget.
 
-    python benchmarks/lcsc_ilct_toy.py [--steps 1500] [--batch 256] [--out /tmp/lcsc_bench]
+    python benchmarks/lcsc_ilct_toy.py [--steps 1500] [--batch 256] [--rows 0,1,2,3,4]
 
 Trains configs/toy2d.py:two_moons once per row (plain iCT; each iLCT switch alone; all of
 them) for the same steps and batch, keeping a checkpoint every steps/8. Then LCSC searches
@@ -52,13 +52,17 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=10)
     parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--out", default="/tmp/lcsc_bench")
+    parser.add_argument("--rows", default="", help="comma-separated row numbers (default all)")
     args = parser.parse_args()
     logging.getLogger("absl").setLevel(logging.ERROR)
     print(
         f"{'objective':24s} {'train s':>8s} {'EMA':>8s} {'best 1':>8s} {'LCSC':>8s} "
         f"{'gain':>7s} {'LCSC@search':>12s} {'best tree':>16s}"
     )
-    for name, overrides in ROWS.items():
+    chosen = {int(r) for r in args.rows.split(",") if r} or set(range(len(ROWS)))
+    for i, (name, overrides) in enumerate(ROWS.items()):
+        if i not in chosen:
+            continue
         workdir = Path(args.out) / name.replace(" ", "_").replace(",", "").replace("+", "")
         shutil.rmtree(workdir, ignore_errors=True)
         config = run_config(args.steps, args.batch, overrides)
