@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -88,6 +89,27 @@ def init_params(model: nn.Module, hp: TrainHParams, rng: jax.Array) -> Any:
     return model.init({"params": rng}, x, jnp.zeros((1,), jnp.float32), labels, False)["params"]
 
 
+def _hashable(value: Any) -> Any:
+    """A config section as nested tuples (a cache key)."""
+    if isinstance(value, Mapping) or hasattr(value, "items"):
+        return tuple(sorted((k, _hashable(v)) for k, v in dict(value).items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_model(model_items: tuple) -> nn.Module:
+    """One network object per model config, so states built from the same config (fresh,
+    abstract, restored) have equal static fields and share a jit cache entry."""
+    return build_model(dict(model_items))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_optimizer(hp: OptimHParams) -> optax.GradientTransformation:
+    return make_optimizer(hp)
+
+
 def create_train_state(
     config: Mapping[str, Any],
     rng: jax.Array,
@@ -103,8 +125,8 @@ def create_train_state(
     (sCD's teacher) are read from disk into ``frozen`` (``cmjax.teacher.attach_frozen``).
     """
     hp = TrainHParams.from_config(config)
-    model = build_model(config["model"]) if model is None else model
-    tx = make_optimizer(hp.optim)
+    model = _cached_model(_hashable(config["model"])) if model is None else model
+    tx = _cached_optimizer(hp.optim)
 
     @jax.jit  # one compiled init instead of thousands of eager ops; nests in eval_shape/jit
     def init(rng):
