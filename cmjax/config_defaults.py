@@ -34,6 +34,25 @@ def ema_rate_for_half_life(half_life_images: float, batch_size: int) -> float:
     return 0.5 ** (batch_size / half_life_images)
 
 
+def parse_variant(
+    arg: str | None, kinds: tuple[str, ...], default_kind: str, objectives: Mapping[str, Any]
+) -> tuple[str, str]:
+    """(kind, objective) from a comma-separated variant such as ``"two_moons,sct"``: each token
+    is one of ``kinds`` (a distribution, a size, ...) or an objective name (default ``ict``)."""
+    kind, objective = default_kind, "ict"
+    for token in filter(None, (arg or "").split(",")):
+        if token in kinds:
+            kind = token
+        elif token in objectives:
+            objective = token
+        else:
+            raise ValueError(
+                f"unknown variant token {token!r}; use any of {sorted(kinds)} and one of "
+                f"the objectives {sorted(objectives)}, comma-separated"
+            )
+    return kind, objective
+
+
 def ict_section(**overrides) -> config_dict.ConfigDict:
     """iCT noise schedule, curriculum, lognormal sampling and loss (DESIGN.md §1)."""
     return objective_section("ict", **overrides)

@@ -7,7 +7,12 @@ tokens, ``tiny`` (a few steps, for tests) and/or an objective (``ict`` (default)
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import add_run_sections, objective_section, optim_section
+from cmjax.config_defaults import (
+    add_run_sections,
+    objective_section,
+    optim_section,
+    parse_variant,
+)
 from cmjax.data.pipeline import data_source_keys
 
 # Per-objective settings on the digits: objective overrides and the sampling section.
@@ -39,17 +44,7 @@ OBJECTIVE_SETTINGS = {
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
-    size, objective = "", "ict"
-    for token in filter(None, variant.split(",")):
-        if token == "tiny":
-            size = token
-        elif token in OBJECTIVE_SETTINGS:
-            objective = token
-        else:
-            raise ValueError(
-                f"unknown default variant token {token!r}; use 'tiny' and/or one of "
-                f"{sorted(OBJECTIVE_SETTINGS)}, comma-separated"
-            )
+    size, objective = parse_variant(variant, ("tiny",), "", OBJECTIVE_SETTINGS)
     settings = OBJECTIVE_SETTINGS[objective]
     config = config_dict.ConfigDict()
     config.seed = 0

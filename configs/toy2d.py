@@ -7,7 +7,12 @@ Variant: comma-separated tokens, each a distribution (``gaussian_mixture`` (defa
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import add_run_sections, objective_section, optim_section
+from cmjax.config_defaults import (
+    add_run_sections,
+    objective_section,
+    optim_section,
+    parse_variant,
+)
 from cmjax.data.pipeline import data_source_keys
 
 # Per-objective settings on the toys: objective overrides and the sampling section.
@@ -42,26 +47,12 @@ OBJECTIVE_SETTINGS = {
 }
 
 
-def parse_variant(arg: str | None, first: tuple[str, ...], default_first: str) -> tuple[str, str]:
-    """(first-kind token, objective) from a comma-separated variant string."""
-    kind, objective = default_first, "ict"
-    for token in filter(None, (arg or "").split(",")):
-        if token in first:
-            kind = token
-        elif token in OBJECTIVE_SETTINGS:
-            objective = token
-        else:
-            raise ValueError(
-                f"unknown variant token {token!r}; use any of {sorted(first)} and one of "
-                f"the objectives {sorted(OBJECTIVE_SETTINGS)}, comma-separated"
-            )
-    return kind, objective
-
-
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     from cmjax.data.toy2d import DISTRIBUTIONS
 
-    distribution, objective = parse_variant(arg, tuple(DISTRIBUTIONS), "gaussian_mixture")
+    distribution, objective = parse_variant(
+        arg, tuple(DISTRIBUTIONS), "gaussian_mixture", OBJECTIVE_SETTINGS
+    )
     settings = OBJECTIVE_SETTINGS[objective]
     config = config_dict.ConfigDict()
     config.seed = 0
