@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cmjax.hparams import TrainHParams
+from cmjax.run_once import call_once
 from cmjax.train_state import TrainState, create_train_state
 
 BATCH_AXES = ("data", "fsdp")
@@ -129,7 +130,7 @@ def create_sharded_train_state(config: Mapping[str, Any], abstract_state: TrainS
         lambda r: jax.tree.leaves(create_train_state(config, r, load_frozen=False)),
         out_shardings=[leaf.sharding for leaf in leaves],
     )
-    state = jax.tree.unflatten(treedef, init(rng))
+    state = jax.tree.unflatten(treedef, call_once(init, rng))
     if state.frozen is None:
         return state
     return attach_frozen(state, TrainHParams.from_config(config).objective)

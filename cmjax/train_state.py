@@ -14,6 +14,7 @@ import optax
 
 from cmjax.hparams import OptimHParams, TrainHParams
 from cmjax.models import build_model
+from cmjax.run_once import call_once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +137,7 @@ def create_train_state(
         frozen = hp.objective.init_frozen(hp.objective.net_params(params))
         return params, ema, tx.init(params), frozen
 
-    params, ema_params, opt_state, frozen = init(rng)
+    params, ema_params, opt_state, frozen = call_once(init, rng)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

@@ -3,12 +3,48 @@
 import os
 import sys
 
+# Compile for compile time: the tests' networks are tiny and most tests run a few steps, so
+# LLVM's optimization passes (about 5x the rest of a compile on 2 cores) cost far more than
+# they save. Level 0 changes float rounding, not semantics; every assertion holds at any level.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "") + f" {TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+def _shared_compilation_cache() -> str:
+    """One persistent XLA compilation cache for the whole test run: every pytest-xdist worker
+    and every CLI subprocess the tests start (they inherit the environment) reuses a program
+    another one already compiled (the tiny toy steps, the Inception network, the samplers).
+    A cache hit returns the same executable, so no asserted number changes. Workers of one run
+    share ``PYTEST_XDIST_TESTRUNUID``; a serial run gets its own directory."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run:
+        path = os.path.join(tempfile.gettempdir(), f"cmjax-tests-xla-cache-{run}")
+        os.makedirs(path, exist_ok=True)
+        return path
+    return tempfile.mkdtemp(prefix="cmjax-tests-xla-cache-")
+
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _shared_compilation_cache()
+    os.environ["CMJAX_TESTS_OWN_XLA_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_sessionfinish(session):
+    """The controller (or a serial run) removes the cache directory it made."""
+    own = os.environ.get("CMJAX_TESTS_OWN_XLA_CACHE")
+    if own and not hasattr(session.config, "workerinput"):
+        shutil.rmtree(own, ignore_errors=True)
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "configs"))

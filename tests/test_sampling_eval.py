@@ -42,6 +42,11 @@ def test_frechet_distance_matches_independent_eigen_computation():
         - 2 * np.sum(np.sqrt(eig.real.clip(0)))
     )
     assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(want, rel=1e-6)
+    # The reference code's formula: scipy's general matrix square root.
+    from scipy import linalg
+
+    by_sqrtm = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(by_sqrtm, rel=1e-6)
     assert abs(fid.frechet_distance(mu1, s1, mu1, s1)) < 1e-8 * np.trace(s1)
 
 

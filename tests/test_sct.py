@@ -98,7 +98,9 @@ def _init(model_cfg, shape, key=0, perturb=0.0):
     model = build_model(model_cfg)
     init = build_model(dict(model_cfg, dtype="float32")) if "dtype" in model_cfg else model
     x = jnp.zeros((1, *shape), jnp.float32)
-    params = init.init({"params": jax.random.key(key)}, x, jnp.zeros((1,)), None, False)["params"]
+    params = jax.jit(lambda k: init.init({"params": k}, x, jnp.zeros((1,)), None, False))(
+        jax.random.key(key)
+    )["params"]
     if perturb:
         leaves, tree = jax.tree.flatten(params)
         keys = jax.random.split(jax.random.key(key + 1), len(leaves))
@@ -124,7 +126,9 @@ def test_jvp_tangent_equals_float64_central_difference_along_the_ode(net):
         t = jnp.asarray([0.3, 0.9, 1.4], jnp.float64)
         drop = jax.random.key(7)
         kw = dict(sigma_data=SD, noise_cond_scale=1.0)
-        f, jvp = network_and_tangent(model.apply, p64, x_t, t, dxdt, None, drop, **kw)
+        f, jvp = jax.jit(
+            lambda p, x, t, v: network_and_tangent(model.apply, p, x, t, v, None, drop, **kw)
+        )(p64, x_t, t, dxdt)
         assert f.dtype == jnp.float64 and jvp.dtype == jnp.float64
         cs = jnp.cos(t) * jnp.sin(t)
         dx = cs.reshape((b,) + (1,) * len(shape)) * dxdt

