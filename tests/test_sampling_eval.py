@@ -269,6 +269,47 @@ def test_sharded_sampling_equals_single_device():
     np.testing.assert_allclose(np.asarray(one), np.asarray(eight), rtol=1e-4, atol=1e-5)
 
 
+def test_a_run_compiles_each_sampler_once_for_all_grids_and_evals(tmp_path, monkeypatch):
+    """default:tiny writes grids at steps 2, 4, 6 and evaluates at 3 and 6 (1- and 2-step
+    each): 4 samplers (2 plans x {grid, eval} shapes) are built and each compiles once."""
+    from cmjax import sampling
+
+    built = []
+
+    def counting_make_sampler(*args, **kwargs):
+        built.append(sampling_make(*args, **kwargs))
+        return built[-1]
+
+    sampling_make = sampling.make_sampler
+    monkeypatch.setattr(sampling, "make_sampler", counting_make_sampler)
+    config = load_config("default:tiny")
+    config.training.update(sample_every=2, num_samples=8)
+    config.eval.update(every_steps=3, num_samples=16, batch_size=8)
+    train_and_evaluate(config, tmp_path)
+    assert len(list((tmp_path / "samples").glob("samples_2step_*.png"))) == 3
+    assert len(built) == 4
+    assert [draw._cache_size() for draw in built] == [1, 1, 1, 1]
+
+
+def test_sampler_cache_reuses_and_matches_make_sampler():
+    from cmjax import create_train_state
+    from cmjax.sampling import SamplerCache
+
+    config = load_config("default:tiny")
+    state = create_train_state(config, jax.random.key(0))
+    cache = SamplerCache(ICT, state.apply_fn)
+    shape = (4, 8, 8, 1)
+    draw = cache.get(shape, ICT.plan(2))
+    assert cache.get(list(shape), ICT.plan(2)) is draw
+    assert cache.get(shape, ICT.plan(1)) is not draw and len(cache) == 2
+    labels = jnp.arange(4)
+    fresh = make_sampler(ICT, state.apply_fn, shape, ICT.plan(2))
+    np.testing.assert_array_equal(
+        np.asarray(draw(state.ema_params[0], jax.random.key(3), labels)),
+        np.asarray(fresh(state.ema_params[0], jax.random.key(3), labels)),
+    )
+
+
 def test_two_step_beats_one_step_on_toy_data_and_sample_cli(tmp_path):
     """The trained toy model: 2-step samples closer to held-out data than 1-step ones."""
     config = load_config("toy2d")
