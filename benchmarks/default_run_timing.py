@@ -1,6 +1,6 @@
 """The README's main command before and after issue 17, timed back to back.
 
-    python benchmarks/default_run_timing.py [--root DIR] [--runs old,new]
+    python benchmarks/default_run_timing.py [--root DIR] [--runs old,new] [--set KEY=VALUE ...]
 
 Runs ``cmjax-train --config=configs/default.py`` twice as CLI subprocesses in fresh work
 directories under ``--root`` (default: a new temporary directory): ``old``, the default as
@@ -10,7 +10,10 @@ default as it is now (no overrides). Prints one table row per run: wall time, CP
 wall time from "train step compiled" to the last step's log line) and the final digits FD
 proxy (not FID; lower is better, data floor 0.39) of 1,000 1- and 2-step samples from the
 run's own ``eval at step N`` line. Wall time and images/s only mean something on an idle
-machine; CPU seconds survive a shared one. Each run's log is ``<root>/<run>.log``.
+machine; CPU seconds are steadier on a shared one, not exact (XLA's threads spin while a core
+is free, so a quieter machine books more of them). Each run's log is ``<root>/<run>.log``.
+``--set`` adds a ``--config`` override to every run (a smoke test: ``--set
+training.total_steps=20 --set eval.every_steps=20``).
 """
 
 from __future__ import annotations
@@ -112,9 +115,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="where the work dirs go")
     parser.add_argument("--runs", default="old,new", help="comma-separated: old, new")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run")
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="cmjax_default_timing_"))
     root.mkdir(parents=True, exist_ok=True)
+    extra = dict(kv.split("=", 1) for kv in args.set)
     names = [n for n in args.runs.split(",") if n]
     unknown = sorted(set(names) - set(RUNS))
     if unknown:
@@ -124,7 +129,7 @@ def main() -> None:
     print("| run | steps | batch | wall | CPU s (user+sys) | images/s | proxy 1-step | 2-step |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
-        r = run_one(name, RUNS[name], root)
+        r = run_one(name, {**RUNS[name], **extra}, root)
         wall = f"{int(r['wall']) // 60} min {int(r['wall']) % 60:02d} s"
         print(
             f"| {name} | {r['steps']} | {r['batch']} | {wall} | {r['cpu']:.0f} | "
