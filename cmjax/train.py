@@ -34,7 +34,7 @@ from cmjax.data import make_dataset
 from cmjax.evaluation.evaluator import make_evaluator
 from cmjax.hparams import TrainHParams, validate_config
 from cmjax.init_from import apply_init_from
-from cmjax.sampling import make_sampler
+from cmjax.sampling import SamplerCache
 from cmjax.train_state import TrainState
 from cmjax.train_step import make_train_step
 from cmjax.user_errors import UserError
@@ -123,16 +123,24 @@ def non_finite_message(metrics: Mapping[str, float], step: int, checkpointer) ->
     )
 
 
-def _write_samples(config, hp: TrainHParams, state: TrainState, workdir: Path, writer, step):
+def _write_samples(
+    config,
+    hp: TrainHParams,
+    state: TrainState,
+    workdir: Path,
+    writer,
+    step: int,
+    samplers: SamplerCache,
+):
     """The objective's default samples (e.g. 1 and 2 steps) from the first EMA tree, as PNG
-    grids and TensorBoard images."""
+    grids and TensorBoard images; the jitted samplers come from the run's ``samplers``."""
     if len(hp.data_shape) != 3:
         return
     n = int(_get(config, "training", "num_samples", 64))
     labels = jax.numpy.arange(n) % hp.num_classes if hp.num_classes else None
     grids = {}
     for name, plan in hp.objective.sampler_plans().items():
-        draw = make_sampler(hp.objective, state.apply_fn, (n, *hp.data_shape), plan)
+        draw = samplers.get((n, *hp.data_shape), plan)
         x = draw(state.ema_params[0], jax.random.key(hp.seed + 17), labels)
         grids[f"samples_{name}"] = images.make_grid(images.to_uint8(jax.device_get(x)))
     if jax.process_index() == 0:
@@ -357,7 +365,9 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
         )
         report = _Reporter(config, writer, start, checkpointer)
         sample_every = int(_get(config, "training", "sample_every", 0))
-        evaluator = make_evaluator(config)
+        # Built once for the run: every sample grid and evaluation reuses the compiled samplers.
+        samplers = SamplerCache(hp.objective, state.apply_fn)
+        evaluator = make_evaluator(config, samplers)
         eval_every = int(_get(config, "eval", "every_steps", 0))
         pending = None
         step, local = start, first
@@ -373,7 +383,7 @@ def train_and_evaluate(config: Mapping[str, Any], workdir: str | Path) -> TrainS
                 pending = None
                 checkpointer.save(done, state, config, force=True)
             if sample_every and done % sample_every == 0:
-                _write_samples(config, hp, state, workdir, writer, done)
+                _write_samples(config, hp, state, workdir, writer, done, samplers)
             if evaluator is not None and (done % eval_every == 0 or done == total):
                 scores = evaluator(state)
                 writer.write_scalars(done, scores)

@@ -18,7 +18,7 @@ from cmjax.evaluation.inception import (
     init_inception,
     load_inception_weights,
 )
-from cmjax.sampling import make_sampler, sample
+from cmjax.sampling import SamplerCache, make_sampler, sample
 from cmjax.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,6 +272,72 @@ def test_sharded_sampling_equals_single_device():
     eight = make_sampler(ICT, state.apply_fn, shape, plan, mesh=mesh)(params, jax.random.key(1))
     assert len(eight.sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(one), np.asarray(eight), rtol=1e-4, atol=1e-5)
+
+
+def test_sampler_cache_builds_once_per_shape_and_plan_and_matches_make_sampler():
+    cache = SamplerCache(ICT, _linear_net)
+    draw = cache.get((4, 5), ICT.plan(2))
+    assert cache.get([4, 5], ICT.plan(2)) is draw
+    assert cache.get((4, 5), ICT.plan(1)) is not draw
+    assert cache.get((8, 5), ICT.plan(2)) is not draw
+    assert len(cache) == 3
+    key = jax.random.key(3)
+    got = draw({}, key)
+    draw({}, jax.random.key(4))
+    assert draw._cache_size() == 1  # two draws, one compilation
+    want = make_sampler(ICT, _linear_net, (4, 5), ICT.plan(2))({}, key)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+class _ImageWriter:
+    def __init__(self):
+        self.steps = []
+
+    def write_images(self, step, images):
+        self.steps.append(step)
+
+
+def test_a_runs_grids_and_evaluations_build_each_sampler_once(tmp_path, monkeypatch):
+    """Three sample grids and two digits evaluations through one run-wide cache (as the
+    training loop wires them) build 4 samplers: the 1- and 2-step plans at the grid's
+    batch (16) and at the evaluation's (8). make_sampler is stubbed to count the builds, the
+    proxy's classifier to skip its training, and the state to skip the network's init."""
+    from types import SimpleNamespace
+
+    from cmjax import sampling
+    from cmjax.evaluation import digits_proxy
+    from cmjax.evaluation.evaluator import make_evaluator
+    from cmjax.hparams import TrainHParams
+    from cmjax.train import _write_samples
+
+    built = []
+
+    def counting_make_sampler(objective, apply_fn, shape, plan, *, mesh=None):
+        built.append((shape, plan.nfe))
+        return lambda params, rng, labels=None: jnp.zeros(shape)
+
+    monkeypatch.setattr(sampling, "make_sampler", counting_make_sampler)
+    monkeypatch.setattr(digits_proxy, "digits_fd_proxy", lambda x: float(len(x)))
+    monkeypatch.setattr(digits_proxy, "data_floor", lambda: 0.39)
+    config = load_config("default:tiny")
+    config.eval.update(every_steps=1, num_samples=16, batch_size=8)
+    hp = TrainHParams.from_config(config)
+    state = SimpleNamespace(ema_params=({},), apply_fn=_linear_net)
+    samplers = sampling.SamplerCache(hp.objective, state.apply_fn)
+    writer = _ImageWriter()
+    evaluate = make_evaluator(config, samplers)
+    for step in (2, 4, 6):
+        _write_samples(config, hp, state, tmp_path, writer, step, samplers)
+        scores = evaluate(state)
+        assert (scores["digits_fd_proxy_1step"], scores["digits_fd_proxy_2step"]) == (16, 16)
+    assert writer.steps == [2, 4, 6]
+    assert len(list((tmp_path / "samples").glob("samples_2step_*.png"))) == 3
+    assert sorted(built) == [
+        ((8, 8, 8, 1), 1),
+        ((8, 8, 8, 1), 2),
+        ((16, 8, 8, 1), 1),
+        ((16, 8, 8, 1), 2),
+    ]
 
 
 def test_two_step_beats_one_step_on_toy_data_and_sample_cli(tmp_path):

@@ -22,7 +22,7 @@ from cmjax.evaluation import digits_proxy
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
 from cmjax.hparams import TrainHParams
 from cmjax.objectives import SamplerPlan
-from cmjax.sampling import make_sampler
+from cmjax.sampling import SamplerCache, make_sampler
 from cmjax.train_state import TrainState
 
 
@@ -34,15 +34,21 @@ def generate(
     batch: int,
     seed: int = 0,
     params=None,
+    samplers: SamplerCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``num`` samples (float, on every process) and their labels, drawn on all devices with
-    the objective's sampler ``plan`` from ``params`` (default: the first EMA tree)."""
+    the objective's sampler ``plan`` from ``params`` (default: the first EMA tree). With
+    ``samplers`` (a run's cache) the jitted sampler is reused across calls."""
     hp = TrainHParams.from_config(config)
     mesh = parallel.make_mesh(config.get("mesh"))
     n_dev = jax.device_count()
     batch = max(n_dev, batch - batch % n_dev)
     params = state.ema_params[0] if params is None else params
-    draw = make_sampler(hp.objective, state.apply_fn, (batch, *hp.data_shape), plan, mesh=mesh)
+    shape = (batch, *hp.data_shape)
+    if samplers is None:
+        draw = make_sampler(hp.objective, state.apply_fn, shape, plan, mesh=mesh)
+    else:
+        draw = samplers.get(shape, plan, mesh=mesh)
     out, labels = [], []
     for i in range(math.ceil(num / batch)):
         y = None
@@ -55,8 +61,11 @@ def generate(
     return x, (np.concatenate(labels)[:num] if labels else None)
 
 
-def make_evaluator(config: Mapping[str, Any]) -> Callable[[TrainState], dict[str, float]] | None:
-    """A function state -> {metric: value}, or None when ``config.eval`` asks for nothing."""
+def make_evaluator(
+    config: Mapping[str, Any], samplers: SamplerCache | None = None
+) -> Callable[[TrainState], dict[str, float]] | None:
+    """A function state -> {metric: value}, or None when ``config.eval`` asks for nothing.
+    ``samplers``: the run's cache, so that repeated evaluations compile their samplers once."""
     ev = dict(config.get("eval", {}))
     if not int(ev.get("every_steps", 0)):
         return None
@@ -71,7 +80,7 @@ def make_evaluator(config: Mapping[str, Any]) -> Callable[[TrainState], dict[str
             return {
                 f"sw_{name}": float(
                     sliced_wasserstein(
-                        generate(config, state, plan, num, batch)[0],
+                        generate(config, state, plan, num, batch, samplers=samplers)[0],
                         held_out,
                         jax.random.key(7),
                     )
@@ -85,7 +94,7 @@ def make_evaluator(config: Mapping[str, Any]) -> Callable[[TrainState], dict[str
         def evaluate_digits(state):
             out = {}
             for name, plan in plans.items():
-                x = images.to_uint8(generate(config, state, plan, num, batch)[0])
+                x = images.to_uint8(generate(config, state, plan, num, batch, samplers=samplers)[0])
                 out[f"digits_fd_proxy_{name}"] = digits_proxy.digits_fd_proxy(x)
             return out | {"digits_fd_proxy_floor": digits_proxy.data_floor()}
 
@@ -110,7 +119,7 @@ def make_evaluator(config: Mapping[str, Any]) -> Callable[[TrainState], dict[str
     def evaluate_fid(state):
         out = {}
         for name, plan in plans.items():
-            x = images.to_uint8(generate(config, state, plan, num, batch)[0])
+            x = images.to_uint8(generate(config, state, plan, num, batch, samplers=samplers)[0])
             if x.shape[-1] == 1:
                 x = np.repeat(x, 3, axis=-1)
             chunks = (x[i : i + batch] for i in range(0, len(x), batch))
