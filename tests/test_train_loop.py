@@ -28,6 +28,7 @@ def _toy_config(total_steps=40, every=10):
     config.training.update(total_steps=total_steps, batch_size=64)
     config.training.log_every = 10
     config.checkpoint = dict(every_steps=every, keep=3, milestone_every=0, async_save=True)
+    config.eval.every_steps = 0  # the states are compared; samplers would only add compiles
     return config
 
 
@@ -38,6 +39,7 @@ def _overrides(config):
         "--config.model.depth=2",
         f"--config.training.total_steps={config.training.total_steps}",
         "--config.training.batch_size=64",
+        "--config.eval.every_steps=0",
     ]
 
 
@@ -170,42 +172,6 @@ def test_two_processes_on_loopback_equal_one_process(uninterrupted, tmp_path):
     state = _restore(tmp_path, config)
     assert int(state.step) == TOTAL
     _assert_states_equal(reference, state, exact=False)
-
-
-def test_cli_trains_tiny_cifar10_end_to_end(tmp_path):
-    """cmjax-train on configs/cifar10_ict.py:tiny, TFDS mocked inside the CLI process."""
-    launcher = (
-        "import sys, tensorflow_datasets as tfds\n"
-        "from cmjax.main import run\n"
-        "with tfds.testing.mock_data(num_examples=32):\n"
-        "    sys.argv = ['cmjax-train'] + sys.argv[1:]\n"
-        "    run()\n"
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            launcher,
-            f"--config={ROOT}/configs/cifar10_ict.py:tiny",
-            f"--workdir={tmp_path}",
-            "--config.training.total_steps=4",
-            "--config.training.sample_every=4",
-            "--config.training.num_samples=4",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "step 4/4" in proc.stdout and "compiled in" in proc.stdout
-    assert latest_step(tmp_path) == 4
-    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
-        "samples_1step_00000004.png",
-        "samples_2step_00000004.png",
-    ]
-    assert (tmp_path / "config.json").is_file()
-    assert any(p.name.startswith("events.out.tfevents") for p in tmp_path.iterdir())
 
 
 def test_corrupt_checkpoint_names_the_file(tmp_path):
