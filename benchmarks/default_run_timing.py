@@ -12,8 +12,9 @@ proxy (not FID; lower is better, data floor 0.39) of 1,000 1- and 2-step samples
 run's own ``eval at step N`` line. Wall time and images/s only mean something on an idle
 machine; CPU seconds are steadier on a shared one, not exact (XLA's threads spin while a core
 is free, so a quieter machine books more of them). Each run's log is ``<root>/<run>.log``.
-``--set`` adds a ``--config`` override to every run (a smoke test: ``--set
-training.total_steps=20 --set eval.every_steps=20``).
+``--old-code DIR`` runs ``old`` with an older checkout's code (the
+loop as it was too), not this one's. ``--set`` adds a ``--config`` override to every run (a
+smoke test: ``--set training.total_steps=20 --set eval.every_steps=20``).
 """
 
 from __future__ import annotations
@@ -72,8 +73,11 @@ def parse_log(text: str) -> dict[str, float]:
     )
 
 
-def run_one(name: str, overrides: dict[str, str], root: Path) -> dict[str, float]:
-    """Train one default run as a subprocess; its timings and proxies."""
+def run_one(
+    name: str, overrides: dict[str, str], root: Path, code: Path = ROOT
+) -> dict[str, float]:
+    """Train one default run as a subprocess with the cmjax checkout ``code``; its timings
+    and proxies."""
     workdir = root / name
     cmd = [
         sys.executable,
@@ -85,10 +89,10 @@ def run_one(name: str, overrides: dict[str, str], root: Path) -> dict[str, float
     ]
     log_path = root / f"{name}.log"
     print(f"[{name}] {' '.join(cmd[2:])}  (log: {log_path})", file=sys.stderr, flush=True)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(code))
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -116,6 +120,13 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="where the work dirs go")
     parser.add_argument("--runs", default="old,new", help="comma-separated: old, new")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run")
+    parser.add_argument(
+        "--old-code",
+        type=Path,
+        default=ROOT,
+        help="a checkout of cmjax before issue 17 (e.g. `git worktree add --detach DIR 01164ff`)"
+        " to run `old` with the code it shipped with; default: this checkout",
+    )
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="cmjax_default_timing_"))
     root.mkdir(parents=True, exist_ok=True)
@@ -129,7 +140,8 @@ def main() -> None:
     print("| run | steps | batch | wall | CPU s (user+sys) | images/s | proxy 1-step | 2-step |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
-        r = run_one(name, {**RUNS[name], **extra}, root)
+        code = args.old_code if name == "old" else ROOT
+        r = run_one(name, {**RUNS[name], **extra}, root, code.resolve())
         wall = f"{int(r['wall']) // 60} min {int(r['wall']) % 60:02d} s"
         print(
             f"| {name} | {r['steps']} | {r['batch']} | {wall} | {r['cpu']:.0f} | "
