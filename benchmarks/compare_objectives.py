@@ -1,7 +1,7 @@
 """Equal-budget comparison of the objectives on the 2-D toys and the digits default.
 
     python benchmarks/compare_objectives.py [--steps 2000] [--toys two_moons,...]
-        [--digits-steps 600] [--digits-ema 0.99]
+        [--digits-steps 600] [--digits-ema 0.99] [--rows ict,edm,...]
 
 For each dataset, with the same number of training steps (and the same batch, network,
 optimizer and EMA) for every row:
@@ -10,12 +10,17 @@ optimizer and EMA) for every row:
 - ``edm``: EDM diffusion, Heun on 18 sigmas (35 NFE);
 - ``ect``: ECT from scratch;
 - ``edm->ect``: EDM for half the steps, then ECT for the other half started from the EDM
-  run's EMA through ``config.init_from`` (the EDM steps count in the budget).
+  run's EMA through ``config.init_from`` (the EDM steps count in the budget);
+- ``trigflow->sct`` / ``trigflow->scd``: TrigFlow diffusion for half the steps, then sCT (from
+  its EMA through ``config.init_from``) or sCD (the same, with the TrigFlow run as the frozen
+  teacher) for the other half; both share one TrigFlow half-run;
+- ``meanflow``: MeanFlow from scratch.
 
-Quality: sliced 2-Wasserstein distance (512 projections) of samples from the EMA parameters to
-held-out data; "data" is the distance between two independent data draws (the floor). Digits
-(8x8, class-conditional, labels uniform) use the flattened 64-dim images: a crude proxy, not
-FID. Lower is better.
+Quality, lower is better: on the toys the sliced 2-Wasserstein distance (512 projections) of
+4,000 samples from the EMA parameters to held-out data; on the digits (8x8, class-conditional,
+labels uniform) the digits FD proxy of 1,000 samples (cmjax/evaluation/digits_proxy.py: a
+Frechet distance in a small classifier's features, not FID). "data" is the floor (two data
+draws; for the digits, the two halves of the data set).
 """
 
 from __future__ import annotations
@@ -28,15 +33,27 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cmjax import TrainHParams, create_train_state, make_train_step, parallel
+from cmjax import TrainHParams, create_train_state, images, make_train_step, parallel
 from cmjax.checkpoint import Checkpointer
 from cmjax.config_loading import load_config
 from cmjax.data import make_dataset
+from cmjax.evaluation import digits_proxy
+from cmjax.evaluation.evaluator import generate
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
 from cmjax.init_from import apply_init_from
 from cmjax.sampling import make_sampler
 
-ROWS = ("ict", "edm", "ect", "edm->ect")
+# row -> (first stage's objective or None, the row's objective); a first stage trains half
+# the budget and the row's objective starts from its EMA for the other half.
+ROWS = {
+    "ict": (None, "ict"),
+    "edm": (None, "edm"),
+    "ect": (None, "ect"),
+    "edm->ect": ("edm", "ect"),
+    "trigflow->sct": ("trigflow", "sct"),
+    "trigflow->scd": ("trigflow", "scd"),
+    "meanflow": (None, "meanflow"),
+}
 
 
 def train(config, state=None, first_step: int = 0):
@@ -60,60 +77,85 @@ def held_out(config, n: int, offset: int) -> np.ndarray:
     return np.concatenate(out)[:n]
 
 
+def _column(name: str) -> str:
+    return {"1step": "1-step", "2step": "2-step"}.get(name, name)
+
+
 def quality(config, state, n: int) -> dict[str, float]:
-    """Sliced W2 of each default sampler's samples (EMA parameters) to held-out data."""
+    """Each default sampler's samples (EMA parameters): sliced W2 to held-out data (vectors)
+    or the digits FD proxy (8x8 digits, labels uniform over the classes)."""
     hp = TrainHParams.from_config(config)
-    ref = held_out(config, n, 0).reshape(n, -1)
-    labels = jax.numpy.arange(n) % hp.num_classes if hp.num_classes else None
     out = {}
     for name, plan in hp.objective.sampler_plans().items():
+        if digits_proxy.applies_to(config):
+            x = images.to_uint8(generate(config, state, plan, n, min(n, 500), seed=5)[0])
+            out[_column(name)] = digits_proxy.digits_fd_proxy(x)
+            continue
+        ref = held_out(config, n, 0).reshape(n, -1)
+        labels = jax.numpy.arange(n) % hp.num_classes if hp.num_classes else None
         draw = make_sampler(hp.objective, state.apply_fn, (n, *hp.data_shape), plan)
         x = np.asarray(draw(state.ema_params[0], jax.random.key(5), labels)).reshape(n, -1)
-        key = "1-step" if name == "1step" else "2-step" if name == "2step" else name
-        out[key] = float(sliced_wasserstein(x, ref, jax.random.key(7)))
+        out[_column(name)] = float(sliced_wasserstein(x, ref, jax.random.key(7)))
     return out
 
 
 def data_floor(config, n: int) -> float:
+    if digits_proxy.applies_to(config):
+        return digits_proxy.data_floor()
     a = held_out(config, n, 0).reshape(n, -1)
     b = held_out(config, n, 5000).reshape(n, -1)
     return float(sliced_wasserstein(a, b, jax.random.key(7)))
 
 
-def run_rows(make_config, steps: int, n: int, workdir: Path) -> dict[str, dict[str, float]]:
-    results = {}
-    for row in ROWS:
+def _save(workdir: Path, state, config, step: int) -> str:
+    ckpt = Checkpointer(workdir, async_save=False)
+    ckpt.save(step, state, config, force=True)
+    ckpt.wait_until_finished()
+    ckpt.close()
+    return str(workdir)
+
+
+def run_rows(make_config, steps: int, n: int, workdir: Path, rows) -> dict[str, dict]:
+    """Train and score each row at ``steps`` training steps (first stages included)."""
+    results, first_runs = {}, {}
+    half = steps // 2
+    for row in rows:
+        first, objective = ROWS[row]
         start = time.perf_counter()
-        if row != "edm->ect":
-            config = make_config(row, steps)
+        if first is None:
+            config = make_config(objective, steps)
             state = train(config)
         else:
-            edm = make_config("edm", steps // 2)
-            edm_state = train(edm)
-            ckpt = Checkpointer(workdir / "edm_half", async_save=False)
-            ckpt.save(steps // 2, edm_state, edm, force=True)
-            ckpt.wait_until_finished()
-            ckpt.close()
-            config = make_config("ect", steps - steps // 2)
-            config.init_from = str(workdir / "edm_half")
+            if first not in first_runs:  # one first stage for every row that starts from it
+                t0 = time.perf_counter()
+                cfg = make_config(first, half)
+                path = _save(workdir / f"{first}_half", train(cfg), cfg, half)
+                first_runs[first] = (path, time.perf_counter() - t0)
+            path, first_seconds = first_runs[first]
+            start -= first_seconds  # the first stage's time counts in the row
+            config = make_config(objective, steps - half)
+            config.init_from = path
+            if objective == "scd":
+                config.objective.teacher = path
             mesh = parallel.make_mesh({}, devices=jax.devices()[:1])
             fresh = create_train_state(config, jax.random.key(config.seed))
-            state = train(config, apply_init_from(config, fresh, mesh))
+            state = train(config, apply_init_from(config, fresh, mesh), first_step=half)
         seconds = time.perf_counter() - start
         results[row] = {**quality(config, state, n), "train s": seconds}
-        print(f"  {row:9s} {results[row]}", flush=True)
+        print(f"  {row:14s} {results[row]}", flush=True)
     return results
 
 
 def table(title: str, steps: int, results, floor: float) -> str:
+    others = sorted({k for q in results.values() for k in q} - {"1-step", "2-step", "train s"})
     lines = [
         f"{title}, {steps} steps per row",
         "",
-        "| objective | 1-step | 2-step | Heun 18 (35 NFE) | data | train s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| objective | 1-step | 2-step | " + " | ".join(others) + " | data | train s |",
+        "| --- | --- | --- | " + "--- | " * len(others) + "--- | --- |",
     ]
     for row, q in results.items():
-        cells = [q.get(k) for k in ("1-step", "2-step", "heun18")]
+        cells = [q.get(k) for k in ("1-step", "2-step", *others)]
         shown = " | ".join("-" if c is None else f"{c:.4f}" for c in cells)
         lines.append(f"| {row} | {shown} | {floor:.4f} | {q['train s']:.0f} |")
     return "\n".join(lines)
@@ -125,7 +167,14 @@ def main() -> None:
     parser.add_argument("--toys", default="two_moons,gaussian_mixture,checkerboard")
     parser.add_argument("--digits-steps", type=int, default=600, help="0: skip the digits")
     parser.add_argument("--digits-ema", type=float, default=0.99)
+    parser.add_argument(
+        "--rows", default=",".join(ROWS), help="comma-separated, of: " + ", ".join(ROWS)
+    )
     args = parser.parse_args()
+    rows = [r for r in args.rows.split(",") if r]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for toy in filter(None, args.toys.split(",")):
@@ -136,7 +185,7 @@ def main() -> None:
                 return config
 
             print(f"{toy}:", flush=True)
-            res = run_rows(make_toy, args.steps, 4000, Path(tmp) / toy)
+            res = run_rows(make_toy, args.steps, 4000, Path(tmp) / toy, rows)
             out.append(table(f"toy2d:{toy}", args.steps, res, data_floor(make_toy("ict", 1), 4000)))
         if args.digits_steps:
 
@@ -146,7 +195,7 @@ def main() -> None:
                 return config
 
             print("digits:", flush=True)
-            res = run_rows(make_digits, args.digits_steps, 1000, Path(tmp) / "digits")
+            res = run_rows(make_digits, args.digits_steps, 1000, Path(tmp) / "digits", rows)
             floor = data_floor(make_digits("ict", 1), 1000)
             out.append(table(f"digits (EMA {args.digits_ema})", args.digits_steps, res, floor))
     print("\n\n".join(out))
