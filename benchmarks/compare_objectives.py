@@ -151,8 +151,8 @@ def table(title: str, steps: int, results, floor: float) -> str:
     lines = [
         f"{title}, {steps} steps per row",
         "",
-        "| objective | 1-step | 2-step | " + " | ".join(others) + " | data | train s |",
-        "| --- | --- | --- | " + "--- | " * len(others) + "--- | --- |",
+        "| " + " | ".join(["objective", "1-step", "2-step", *others, "data", "train s"]) + " |",
+        "|" + " --- |" * (5 + len(others)),
     ]
     for row, q in results.items():
         cells = [q.get(k) for k in ("1-step", "2-step", *others)]
