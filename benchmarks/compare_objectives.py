@@ -85,14 +85,15 @@ def quality(config, state, n: int) -> dict[str, float]:
     """Each default sampler's samples (EMA parameters): sliced W2 to held-out data (vectors)
     or the digits FD proxy (8x8 digits, labels uniform over the classes)."""
     hp = TrainHParams.from_config(config)
+    digits = digits_proxy.applies_to(config)
+    ref = None if digits else held_out(config, n, 0).reshape(n, -1)
+    labels = jax.numpy.arange(n) % hp.num_classes if hp.num_classes else None
     out = {}
     for name, plan in hp.objective.sampler_plans().items():
-        if digits_proxy.applies_to(config):
+        if digits:
             x = images.to_uint8(generate(config, state, plan, n, min(n, 500), seed=5)[0])
             out[_column(name)] = digits_proxy.digits_fd_proxy(x)
             continue
-        ref = held_out(config, n, 0).reshape(n, -1)
-        labels = jax.numpy.arange(n) % hp.num_classes if hp.num_classes else None
         draw = make_sampler(hp.objective, state.apply_fn, (n, *hp.data_shape), plan)
         x = np.asarray(draw(state.ema_params[0], jax.random.key(5), labels)).reshape(n, -1)
         out[_column(name)] = float(sliced_wasserstein(x, ref, jax.random.key(7)))
