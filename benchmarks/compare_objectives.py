@@ -33,15 +33,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cmjax import TrainHParams, create_train_state, images, make_train_step, parallel
-from cmjax.checkpoint import Checkpointer
-from cmjax.config_loading import load_config
+from cmjax import create_train_state, images, make_train_step
+from cmjax.config import TrainHParams, load_config
+from cmjax.core import parallel
+from cmjax.core.sampling import make_sampler
 from cmjax.data import make_dataset
 from cmjax.evaluation import digits_proxy
 from cmjax.evaluation.evaluator import generate
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
-from cmjax.init_from import apply_init_from
-from cmjax.sampling import make_sampler
+from cmjax.workdir.checkpoint import Checkpointer
+from cmjax.workdir.frozen import load_frozen
+from cmjax.workdir.init_from import apply_init_from
 
 # row -> (first stage's objective or None, the row's objective); a first stage trains half
 # the budget and the row's objective starts from its EMA for the other half.
@@ -56,23 +58,27 @@ ROWS = {
 }
 
 
-def train(config, state=None, first_step: int = 0):
-    """``config.training.total_steps`` steps from ``state`` (default: a fresh one)."""
-    step = jax.jit(make_train_step(config), donate_argnums=0)
+def _dataset(hp):
+    return make_dataset(hp.data, hp.training.batch_size, hp.seed)
+
+
+def train(hp, state=None, first_step: int = 0):
+    """``hp.training.total_steps`` steps from ``state`` (default: a fresh one)."""
+    step = jax.jit(make_train_step(hp), donate_argnums=0)
     if state is None:
-        state = create_train_state(config, jax.random.key(config.seed))
-    data = make_dataset(config)
-    for k in range(config.training.total_steps):
+        state = create_train_state(hp, jax.random.key(hp.seed))
+    data = _dataset(hp)
+    for k in range(hp.training.total_steps):
         state, metrics = step(state, data.batch(first_step + k))
     assert np.isfinite(float(metrics["loss"])), metrics
     return state
 
 
-def held_out(config, n: int, offset: int) -> np.ndarray:
-    data = make_dataset(config)
+def held_out(hp, n: int, offset: int) -> np.ndarray:
+    data = _dataset(hp)
     out, k = [], 0
     while sum(len(b) for b in out) < n:
-        out.append(np.asarray(data.batch(10**6 + offset + k)["x"]).reshape(-1, *config.data.shape))
+        out.append(np.asarray(data.batch(10**6 + offset + k)["x"]).reshape(-1, *hp.data_shape))
         k += 1
     return np.concatenate(out)[:n]
 
@@ -81,17 +87,20 @@ def _column(name: str) -> str:
     return {"1step": "1-step", "2step": "2-step"}.get(name, name)
 
 
-def quality(config, state, n: int) -> dict[str, float]:
+def _is_digits(hp) -> bool:
+    return digits_proxy.applies_to(hp.data.name, hp.data_shape)
+
+
+def quality(hp, state, n: int) -> dict[str, float]:
     """Each default sampler's samples (EMA parameters): sliced W2 to held-out data (vectors)
     or the digits FD proxy (8x8 digits, labels uniform over the classes)."""
-    hp = TrainHParams.from_config(config)
-    digits = digits_proxy.applies_to(config)
-    ref = None if digits else held_out(config, n, 0).reshape(n, -1)
+    digits = _is_digits(hp)
+    ref = None if digits else held_out(hp, n, 0).reshape(n, -1)
     labels = jax.numpy.arange(n) % hp.num_classes if hp.num_classes else None
     out = {}
     for name, plan in hp.objective.sampler_plans().items():
         if digits:
-            x = images.to_uint8(generate(config, state, plan, n, min(n, 500), seed=5)[0])
+            x = images.to_uint8(generate(hp, state, plan, n, min(n, 500), seed=5)[0])
             out[_column(name)] = digits_proxy.digits_fd_proxy(x)
             continue
         draw = make_sampler(hp.objective, state.apply_fn, (n, *hp.data_shape), plan)
@@ -100,11 +109,11 @@ def quality(config, state, n: int) -> dict[str, float]:
     return out
 
 
-def data_floor(config, n: int) -> float:
-    if digits_proxy.applies_to(config):
+def data_floor(hp, n: int) -> float:
+    if _is_digits(hp):
         return digits_proxy.data_floor()
-    a = held_out(config, n, 0).reshape(n, -1)
-    b = held_out(config, n, 5000).reshape(n, -1)
+    a = held_out(hp, n, 0).reshape(n, -1)
+    b = held_out(hp, n, 5000).reshape(n, -1)
     return float(sliced_wasserstein(a, b, jax.random.key(7)))
 
 
@@ -117,20 +126,22 @@ def _save(workdir: Path, state, config, step: int) -> str:
 
 
 def run_rows(make_config, steps: int, n: int, workdir: Path, rows) -> dict[str, dict]:
-    """Train and score each row at ``steps`` training steps (first stages included)."""
+    """Train and score each row at ``steps`` training steps (first stages included);
+    ``make_config(objective, steps)`` builds a row's config, resolved here once."""
     results, first_runs = {}, {}
     half = steps // 2
     for row in rows:
         first, objective = ROWS[row]
         start = time.perf_counter()
         if first is None:
-            config = make_config(objective, steps)
-            state = train(config)
+            hp = TrainHParams.from_config(make_config(objective, steps))
+            state = train(hp)
         else:
             if first not in first_runs:  # one first stage for every row that starts from it
                 t0 = time.perf_counter()
                 cfg = make_config(first, half)
-                path = _save(workdir / f"{first}_half", train(cfg), cfg, half)
+                state = train(TrainHParams.from_config(cfg))
+                path = _save(workdir / f"{first}_half", state, cfg, half)
                 first_runs[first] = (path, time.perf_counter() - t0)
             path, first_seconds = first_runs[first]
             start -= first_seconds  # the first stage's time counts in the row
@@ -138,11 +149,13 @@ def run_rows(make_config, steps: int, n: int, workdir: Path, rows) -> dict[str, 
             config.init_from = path
             if objective == "scd":
                 config.objective.teacher = path
-            mesh = parallel.make_mesh({}, devices=jax.devices()[:1])
-            fresh = create_train_state(config, jax.random.key(config.seed))
-            state = train(config, apply_init_from(config, fresh, mesh), first_step=half)
+            hp = TrainHParams.from_config(config)
+            mesh = parallel.make_mesh(devices=jax.devices()[:1])
+            frozen = load_frozen(hp, mesh)  # sCD's teacher; {} for the others
+            fresh = create_train_state(hp, jax.random.key(hp.seed), frozen=frozen)
+            state = train(hp, apply_init_from(hp, fresh, mesh), first_step=half)
         seconds = time.perf_counter() - start
-        results[row] = {**quality(config, state, n), "train s": seconds}
+        results[row] = {**quality(hp, state, n), "train s": seconds}
         print(f"  {row:14s} {results[row]}", flush=True)
     return results
 
@@ -187,7 +200,8 @@ def main() -> None:
 
             print(f"{toy}:", flush=True)
             res = run_rows(make_toy, args.steps, 4000, Path(tmp) / toy, rows)
-            out.append(table(f"toy2d:{toy}", args.steps, res, data_floor(make_toy("ict", 1), 4000)))
+            floor = data_floor(TrainHParams.from_config(make_toy("ict", 1)), 4000)
+            out.append(table(f"toy2d:{toy}", args.steps, res, floor))
         if args.digits_steps:
 
             def make_digits(objective, steps):
@@ -197,7 +211,7 @@ def main() -> None:
 
             print("digits:", flush=True)
             res = run_rows(make_digits, args.digits_steps, 1000, Path(tmp) / "digits", rows)
-            floor = data_floor(make_digits("ict", 1), 1000)
+            floor = data_floor(TrainHParams.from_config(make_digits("ict", 1)), 1000)
             out.append(table(f"digits (EMA {args.digits_ema})", args.digits_steps, res, floor))
     print("\n\n".join(out))
 

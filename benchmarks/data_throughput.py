@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from cmjax.data.pipeline import Dataset, make_source
+from cmjax.data import DataHParams, Dataset, make_source
 from cmjax.data.sources import ArraySource
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=50_000):
-        src = make_source(dict(name="cifar10", shape=(32, 32, 3), num_classes=0))
+        src = make_source(DataHParams(name="cifar10", shape=(32, 32, 3), num_classes=0))
         steps = max(2, args.steps // 4)
         rate = images_per_second(Dataset(src, args.batch, random_flip=True), steps)
     print(f"{'cifar10 (tfds.data_source, mock)':32s} {args.batch:6d} {rate:10.0f}")

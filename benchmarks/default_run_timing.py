@@ -82,7 +82,7 @@ def run_one(
     cmd = [
         sys.executable,
         "-m",
-        "cmjax.main",
+        _train_module(code),
         "--config=configs/default.py",
         f"--workdir={workdir}",
         *(f"--config.{k}={v}" for k, v in overrides.items()),
@@ -108,9 +108,15 @@ def run_one(
     return result
 
 
+def _train_module(code: Path) -> str:
+    """``cmjax-train``'s module in the checkout ``code`` (``cmjax.main`` before the package
+    was split into subpackages)."""
+    return "cmjax.cli.train" if (code / "cmjax" / "cli" / "train.py").is_file() else "cmjax.main"
+
+
 def _new_default_batch() -> int:
     sys.path.insert(0, str(ROOT))
-    from cmjax.config_loading import load_config
+    from cmjax.config import load_config
 
     return int(load_config("default").training.batch_size)
 

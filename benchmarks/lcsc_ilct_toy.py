@@ -21,9 +21,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cmjax import combine
-from cmjax.config_loading import load_config
-from cmjax.train import train_and_evaluate
+from cmjax import lcsc
+from cmjax.config import load_config
+from cmjax.evaluation import metrics
+from cmjax.training.loop import train_and_evaluate
 
 ROWS = {
     "iCT": {},
@@ -69,10 +70,10 @@ def main() -> None:
         t0 = time.perf_counter()
         train_and_evaluate(config, workdir)
         seconds = time.perf_counter() - t0
-        run = combine.load_stacked(workdir, include_ema=True)
-        metric = combine.sliced_wasserstein_metric(run.config, 1000)
-        scorer = combine.Scorer(run, metric, combine.sampler_plan(run.config, 1), 1000, 2)
-        result = combine.search(
+        run = lcsc.load_stacked(workdir, include_ema=True)
+        metric = metrics.sliced_wasserstein_metric(run.hp, 1000)
+        scorer = lcsc.Scorer(run, metric, lcsc.sampler_plan(run.hp, 1), 1000, 2)
+        result = lcsc.search(
             scorer,
             generations=args.generations,
             population=args.population,
@@ -83,7 +84,7 @@ def main() -> None:
         k = run.num
         held = scorer(np.concatenate([np.eye(k), result.alpha[None]]), seed=1, which="eval")
         names = [c.name for c in run.candidates]
-        ema = names.index(f"ema_{run.config.training.ema_rates[0]}@{args.steps}")
+        ema = names.index(f"ema_{run.hp.ema_rates[0]}@{args.steps}")
         best = int(np.argmin(held[:-1]))
         gain = (held[best] - held[-1]) / held[best]
         print(

@@ -17,19 +17,18 @@ import jax
 import jax.numpy as jnp
 
 from cmjax import create_train_state, make_train_step
-from cmjax.config_defaults import objective_section
-from cmjax.config_loading import load_config
+from cmjax.config import TrainHParams, load_config
+from cmjax.config.sections import objective_section, sampling_section
 
 
-def step_flops(config, batch: int) -> float:
-    """XLA FLOPs per example of one jitted train step of ``config`` at ``batch``."""
-    config.training.batch_size = batch
-    state = jax.eval_shape(lambda k: create_train_state(config, k), jax.random.key(0))
-    x = jax.ShapeDtypeStruct((batch, *config.data.shape), jnp.float32)
+def step_flops(hp: TrainHParams, batch: int) -> float:
+    """XLA FLOPs per example of one jitted train step of ``hp`` at ``batch``."""
+    state = jax.eval_shape(lambda k: create_train_state(hp, k), jax.random.key(0))
+    x = jax.ShapeDtypeStruct((batch, *hp.data_shape), jnp.float32)
     b = {"x": x}
-    if config.data.num_classes:
+    if hp.num_classes:
         b["label"] = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    lowered = jax.jit(make_train_step(config)).lower(state, b)
+    lowered = jax.jit(make_train_step(hp)).lower(state, b)
     return float(lowered.cost_analysis()["flops"]) / batch
 
 
@@ -45,9 +44,10 @@ def main() -> None:
         config.objective = objective_section(objective)
         if objective == "ict":
             config.model.second_time_input = False
-            config.sampling = {"two_step_sigma": 0.821}
+            config.sampling = sampling_section("ict", two_step_sigma=0.821)
+        config.training.batch_size = args.batch
         start = time.perf_counter()
-        rows[objective] = step_flops(config, args.batch)
+        rows[objective] = step_flops(TrainHParams.from_config(config), args.batch)
         print(
             f"{objective:9s} {rows[objective] / 1e9:10.2f} GFLOP/example"
             f"   ({time.perf_counter() - start:.1f}s)",

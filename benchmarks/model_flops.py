@@ -16,8 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from cmjax.config_loading import load_config
-from cmjax.models import build_model
+from cmjax.config import TrainHParams, load_config
 
 CONFIGS = ("cifar10_ict", "cifar10_ict:deep", "imagenet64_ict", "imagenet64_ict:deep")
 
@@ -26,9 +25,10 @@ def forward_flops(spec: str, dtype: str, batch: int = 8) -> tuple[int, float]:
     """(parameter count, forward FLOPs per image) of a config's network."""
     config = load_config(spec)
     config.model.dtype = dtype
-    model = build_model(config.model)
-    shape = (batch, *config.data.shape)
-    labels = jnp.zeros((batch,), jnp.int32) if config.data.num_classes else None
+    hp = TrainHParams.from_config(config)
+    model = hp.model
+    shape = (batch, *hp.data_shape)
+    labels = jnp.zeros((batch,), jnp.int32) if hp.num_classes else None
     cond = jnp.zeros((batch,))
     params = jax.eval_shape(
         lambda: model.init({"params": jax.random.key(0)}, jnp.zeros(shape), cond, labels, False)

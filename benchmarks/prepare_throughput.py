@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ml_collections import ConfigDict
 from PIL import Image
 
-from cmjax.data import make_dataset
+from cmjax.data import DataHParams, make_dataset
 from cmjax.data.prepare_imagenet import prepare
 
 
@@ -50,9 +49,8 @@ def main() -> None:
             seconds = time.perf_counter() - start
             rate = args.images / seconds
             print(f"| {workers} | {args.images} | {seconds:.1f} | {rate:.0f} |")
-        data = dict(name="prepared", path=str(out), shape=(64, 64, 3), num_classes=10)
-        config = ConfigDict(dict(seed=0, data=data, training=dict(batch_size=1024)))
-        ds = make_dataset(config)
+        data = DataHParams(name="prepared", path=str(out), shape=(64, 64, 3), num_classes=10)
+        ds = make_dataset(data, 1024, seed=0)
         ds.batch(0)
         start = time.perf_counter()
         steps = 20

@@ -25,15 +25,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cmjax import parallel
-from cmjax.checkpoint import Checkpointer
-from cmjax.config_loading import load_config
-from cmjax.consistency import consistency_fn, student_teacher_outputs
+from cmjax.config import TrainHParams, load_config
+from cmjax.core import parallel
+from cmjax.core.sampling import SamplerCache
+from cmjax.core.step import ema_update, make_train_step
 from cmjax.data import make_dataset
-from cmjax.hparams import TrainHParams
-from cmjax.losses import get_distance
-from cmjax.train import _write_samples
-from cmjax.train_step import ema_update, make_train_step
+from cmjax.objectives.distances import get_distance
+from cmjax.objectives.preconditioning import consistency_fn, student_teacher_outputs
+from cmjax.training.reporting import write_samples
+from cmjax.workdir.checkpoint import Checkpointer
 
 
 def parse_value(text: str):
@@ -58,20 +58,25 @@ def main() -> None:
         section, name = key.split(".")
         config[section][name] = parse_value(value)
     hp = TrainHParams.from_config(config)
-    mesh = parallel.make_mesh(config.get("mesh"))
-    abstract = parallel.abstract_train_state(config, mesh)
-    state = parallel.create_sharded_train_state(config, abstract, jax.random.key(0))
-    dataset = make_dataset(config)
+    obj = hp.objective
+    if obj.name != "ict":  # the pieces below are iCT's (consistency pairs, one distance)
+        ap.error(f"the pieces profiled are iCT's; {args.config} trains {obj.name!r}")
+    mesh = parallel.make_mesh(hp.mesh)
+    abstract = parallel.abstract_train_state(hp, mesh)
+    state = parallel.create_sharded_train_state(hp, abstract, jax.random.key(0))
+    dataset = make_dataset(hp.data, hp.training.batch_size, hp.seed)
     local = dataset.batch(0)
     batch = parallel.global_batch(local, mesh)
     rng = jax.random.key(0)
-    b = config.training.batch_size
-    x, labels = batch["x"], batch["label"]
+    b = hp.training.batch_size
+    x, labels = batch["x"], batch.get("label")
     z = jax.random.normal(jax.random.key(1), x.shape)
     sigma = jnp.full((b,), 1.0)
     sigma_next = jnp.full((b,), 0.8)
-    kw = dict(schedule=hp.schedule, noise_cond_scale=hp.noise_cond_scale)
-    distance = get_distance(hp.loss)
+    kw = dict(
+        sigma_data=obj.sigma_data, sigma_min=obj.sigma_min, noise_cond_scale=obj.noise_cond_scale
+    )
+    distance = get_distance(obj.loss_name)
 
     student = jax.jit(
         lambda p: consistency_fn(
@@ -88,7 +93,7 @@ def main() -> None:
         s, t = student_teacher_outputs(
             state.apply_fn, p, x, z, sigma, sigma_next, labels, rng, **kw
         )
-        return jnp.mean(distance(s, t, hp.loss_c))
+        return jnp.mean(distance(s, t, obj.loss_c))
 
     grad = jax.jit(jax.value_and_grad(loss))
     grads = grad(state.params)[1]
@@ -136,7 +141,8 @@ def main() -> None:
     writer = metric_writers.create_default_writer(str(workdir))
     once = {}
     t0 = time.perf_counter()
-    _write_samples(config, hp, holder["state"], workdir, writer, 1)
+    samplers = SamplerCache(obj, state.apply_fn)
+    write_samples(hp, holder["state"], workdir, writer, 1, samplers)
     once["sample grids (1+2 step, compiles)"] = (time.perf_counter() - t0) * 1e3
     ckpt = Checkpointer(workdir / "ckpt", every_steps=1, keep=1, async_save=True)
     t0 = time.perf_counter()
@@ -146,8 +152,8 @@ def main() -> None:
     ckpt.close()
     writer.close()
     every = {
-        "sample grids (1+2 step, compiles)": int(config.training.get("sample_every", 0)),
-        "checkpoint save (waited)": int(config.checkpoint.every_steps),
+        "sample grids (1+2 step, compiles)": hp.training.sample_every,
+        "checkpoint save (waited)": hp.checkpoint.every_steps,
     }
 
     step = ms["whole train step"]

@@ -13,8 +13,16 @@ from __future__ import annotations
 import argparse
 import time
 
+from cmjax.cli.demo import toy_quality, train_toy
+from cmjax.config import TrainHParams, load_config
 from cmjax.data.toy2d import DISTRIBUTIONS
-from cmjax.demo import toy_config, toy_quality, train_toy
+
+
+def toy_hparams(name: str, objective: str, steps: int) -> TrainHParams:
+    """configs/toy2d.py for distribution ``name`` and ``objective``, ``steps`` long."""
+    config = load_config(f"toy2d:{name},{objective}")
+    config.training.total_steps = steps
+    return TrainHParams.from_config(config)
 
 
 def main() -> None:
@@ -27,11 +35,11 @@ def main() -> None:
         f"{'train s':>8s}"
     )
     for name in sorted(DISTRIBUTIONS):
-        config = toy_config(f"{name},{args.objective}", args.steps)
+        hp = toy_hparams(name, args.objective, args.steps)
         start = time.perf_counter()
-        state = train_toy(config)
+        state = train_toy(hp)
         seconds = time.perf_counter() - start
-        q = toy_quality(config, state, state.ema_params[0])
+        q = toy_quality(hp, state, state.ema_params[0])
         print(
             f"{name:18s} {args.steps:6d} {q['1-step']:8.4f} {q['2-step']:8.4f} "
             f"{q['data']:8.4f} {seconds:8.1f}",

@@ -19,10 +19,10 @@ import jax.numpy as jnp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cmjax.config_loading import load_config  # noqa: E402
-from cmjax.models import build_model  # noqa: E402
-from cmjax.train_state import create_train_state  # noqa: E402
-from cmjax.train_step import make_train_step  # noqa: E402
+from cmjax.config import TrainHParams, load_config  # noqa: E402
+from cmjax.core import parallel  # noqa: E402
+from cmjax.core.step import make_train_step  # noqa: E402
+from cmjax.objectives import FrozenNetwork  # noqa: E402
 
 MODELS = {
     # CIFAR-10 DDPM++ (EDM's, 55.7 M parameters) as configs/cifar10_sct.py uses it.
@@ -38,35 +38,37 @@ MODELS = {
 }
 
 
-def config_for(objective: str, model: str, batch: int):
+def hparams_for(objective: str, model: str, batch: int) -> TrainHParams:
     name = {"ict": "cifar10_trigflow", "trigflow": "cifar10_trigflow"}.get(
         objective, f"cifar10_{objective}"
     )
     config = load_config(name)
     if objective == "ict":
-        from cmjax.config_defaults import add_run_sections, objective_section
+        from cmjax.config.sections import add_run_sections, objective_section
 
         config.objective = objective_section("ict")
-        add_run_sections(config, two_step_sigma=0.821)
+        add_run_sections(config, sampling=dict(two_step_sigma=0.821))
     config.model.update(MODELS[model])
     config.training.batch_size = batch
-    return config
+    return TrainHParams.from_config(config)
 
 
-def step_flops(config, batch: int) -> float:
-    abstract = jax.eval_shape(
-        lambda r: create_train_state(config, r, load_frozen=False), jax.random.key(0)
-    )
-    x = jax.ShapeDtypeStruct((batch, *config.data.shape), jnp.float32)
-    compiled = (
-        jax.jit(make_train_step(config)).lower(abstract, {"x": x}, jax.random.key(0)).compile()
-    )
+def step_flops(hp: TrainHParams, batch: int, teacher: TrainHParams) -> float:
+    """FLOPs of one compiled train step on an abstract state; the frozen networks the
+    objective reads (sCD's teacher) are ``teacher``'s network, abstract too."""
+    frozen_nets = {
+        name: FrozenNetwork.from_hparams(teacher) for name in hp.objective.frozen_networks()
+    }
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    abstract = parallel.abstract_train_state(hp, mesh, frozen_nets)
+    x = jax.ShapeDtypeStruct((batch, *hp.data_shape), jnp.float32)
+    compiled = jax.jit(make_train_step(hp)).lower(abstract, {"x": x}, jax.random.key(0)).compile()
     return float(compiled.cost_analysis()["flops"])
 
 
-def forward_flops(config, batch: int) -> float:
-    model = build_model(config.model)
-    x = jax.ShapeDtypeStruct((batch, *config.data.shape), jnp.float32)
+def forward_flops(hp: TrainHParams, batch: int) -> float:
+    model = hp.model
+    x = jax.ShapeDtypeStruct((batch, *hp.data_shape), jnp.float32)
     t = jax.ShapeDtypeStruct((batch,), jnp.float32)
     variables = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), jnp.zeros(t.shape))
@@ -83,12 +85,12 @@ def main(argv=None):
     parser.add_argument("--model", choices=sorted(MODELS), default="ddpmpp-tiny")
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args(argv)
-    unit = forward_flops(config_for("trigflow", args.model, args.batch), args.batch)
+    trigflow = hparams_for("trigflow", args.model, args.batch)  # also sCD's teacher
+    unit = forward_flops(trigflow, args.batch)
     rows = [("forward pass (train mode)", unit)]
     for objective in ("ict", "trigflow", "sct", "scd"):
-        rows.append(
-            (objective, step_flops(config_for(objective, args.model, args.batch), args.batch))
-        )
+        hp = hparams_for(objective, args.model, args.batch)
+        rows.append((objective, step_flops(hp, args.batch, trigflow)))
     ict = rows[1][1]
     print(f"| {args.model}, batch {args.batch} | GFLOPs per step | / iCT step | / forward |")
     print("| --- | --- | --- | --- |")

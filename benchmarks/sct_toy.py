@@ -23,12 +23,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cmjax import TrainHParams, create_train_state, make_train_step  # noqa: E402
-from cmjax.checkpoint import Checkpointer  # noqa: E402
-from cmjax.config_loading import load_config  # noqa: E402
+from cmjax import create_train_state, make_train_step  # noqa: E402
+from cmjax.config import TrainHParams, load_config  # noqa: E402
+from cmjax.core.sampling import make_sampler  # noqa: E402
 from cmjax.data import make_dataset  # noqa: E402
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein  # noqa: E402
-from cmjax.sampling import make_sampler  # noqa: E402
+from cmjax.workdir.checkpoint import Checkpointer  # noqa: E402
+from cmjax.workdir.frozen import load_frozen  # noqa: E402
 
 
 def toy_config(dist: str, objective: str, steps: int, seed: int):
@@ -38,22 +39,26 @@ def toy_config(dist: str, objective: str, steps: int, seed: int):
     return config
 
 
-def train(config, state=None, offset: int = 0):
-    """``config.training.total_steps`` steps from ``state`` (default: fresh); the data stream
+def dataset(hp: TrainHParams):
+    return make_dataset(hp.data, hp.training.batch_size, hp.seed)
+
+
+def train(hp: TrainHParams, state=None, offset: int = 0):
+    """``hp.training.total_steps`` steps from ``state`` (default: fresh); the data stream
     continues at ``offset`` so a second stage sees new batches."""
-    step = jax.jit(make_train_step(config), donate_argnums=0)
+    step = jax.jit(make_train_step(hp), donate_argnums=0)
     if state is None:
-        state = create_train_state(config, jax.random.key(config.seed))
-    data = make_dataset(config)
-    for k in range(config.training.total_steps):
+        state = create_train_state(hp, jax.random.key(hp.seed))
+    data = dataset(hp)
+    for k in range(hp.training.total_steps):
         state, _ = step(state, data.batch(offset + k))
     return state
 
 
-def start_from(config, trig_state):
-    """A fresh consistency state whose network (and EMA) is the TrigFlow run's EMA."""
-    hp = TrainHParams.from_config(config)
-    state = create_train_state(config, jax.random.key(config.seed))
+def start_from(hp: TrainHParams, trig_state):
+    """A fresh consistency state whose network (and EMA) is the TrigFlow run's EMA; sCD's
+    frozen teacher is read from ``hp.objective.teacher``."""
+    state = create_train_state(hp, jax.random.key(hp.seed), frozen=load_frozen(hp))
     # Own buffers: the consistency step donates its state, the TrigFlow EMA is used again.
     net = jax.tree.map(jnp.copy, trig_state.ema_params[0])
     params = hp.objective.replace_net_params(state.params, net)
@@ -64,8 +69,7 @@ def start_from(config, trig_state):
     )
 
 
-def distances(config, state, held, plans) -> dict[str, float]:
-    hp = TrainHParams.from_config(config)
+def distances(hp: TrainHParams, state, held, plans) -> dict[str, float]:
     out = {}
     for name, plan in plans(hp.objective).items():
         draw = make_sampler(hp.objective, state.apply_fn, (len(held), 2), plan)
@@ -84,8 +88,7 @@ def ddim_plans(obj):
 
 def run(budget: int, dist: str, seed: int, workdir: Path) -> dict[str, dict[str, float]]:
     half = budget // 2
-    held_cfg = toy_config(dist, "trigflow", 1, seed)
-    data = make_dataset(held_cfg)
+    data = dataset(TrainHParams.from_config(toy_config(dist, "trigflow", 1, seed)))
     held = np.concatenate([data.batch(10**6 + i)["x"] for i in range(8)])[:4000]
     rows = {}
 
@@ -93,25 +96,27 @@ def run(budget: int, dist: str, seed: int, workdir: Path) -> dict[str, dict[str,
         rows[label] = values
         print(f"seed {seed}: {label}: {values}", flush=True)
 
-    cfg = toy_config(dist, "trigflow", budget, seed)
-    record(f"TrigFlow ({budget})", distances(cfg, train(cfg), held, ddim_plans))
-    cfg = toy_config(dist, "sct", budget, seed)
-    record(f"sCT from scratch ({budget})", distances(cfg, train(cfg), held, consistency_plans))
+    hp = TrainHParams.from_config(toy_config(dist, "trigflow", budget, seed))
+    record(f"TrigFlow ({budget})", distances(hp, train(hp), held, ddim_plans))
+    hp = TrainHParams.from_config(toy_config(dist, "sct", budget, seed))
+    record(f"sCT from scratch ({budget})", distances(hp, train(hp), held, consistency_plans))
     trig_cfg = toy_config(dist, "trigflow", half, seed)
-    trig = train(trig_cfg)
+    trig_hp = TrainHParams.from_config(trig_cfg)
+    trig = train(trig_hp)
     teacher = workdir / f"trigflow_{seed}"
     ckpt = Checkpointer(teacher, async_save=False)
     ckpt.save(half, trig, trig_cfg, force=True)
     ckpt.wait_until_finished()
     ckpt.close()
-    record(f"TrigFlow ({half})", distances(trig_cfg, trig, held, ddim_plans))
+    record(f"TrigFlow ({half})", distances(trig_hp, trig, held, ddim_plans))
     for name in ("sct", "scd"):
         cfg = toy_config(dist, name, budget - half, seed)
         if name == "scd":
             cfg.objective.teacher = str(teacher)
-        state = train(cfg, start_from(cfg, trig), offset=half)
+        hp = TrainHParams.from_config(cfg)
+        state = train(hp, start_from(hp, trig), offset=half)
         label = f"TrigFlow ({half}) -> {name.upper().replace('SC', 'sC')} ({budget - half})"
-        record(label, distances(cfg, state, held, consistency_plans))
+        record(label, distances(hp, state, held, consistency_plans))
     return rows
 
 

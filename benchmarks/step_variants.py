@@ -18,11 +18,11 @@ import time
 
 import jax
 
-from cmjax import parallel
-from cmjax.config_loading import load_config
+from cmjax.config import TrainHParams, load_config
+from cmjax.core import parallel
+from cmjax.core.step import make_train_step
 from cmjax.data import make_dataset
-from cmjax.hparams import TrainHParams
-from cmjax.train_step import make_train_step
+from cmjax.workdir.frozen import load_frozen
 
 
 def main() -> None:
@@ -38,10 +38,13 @@ def main() -> None:
             section, leaf = key.split(".")
             config[section][leaf] = value
         hp = TrainHParams.from_config(config)
-        mesh = parallel.make_mesh(config.get("mesh"))
-        abstract = parallel.abstract_train_state(config, mesh)
-        state = parallel.create_sharded_train_state(config, abstract, jax.random.key(0))
-        local = make_dataset(config).batch(0)
+        mesh = parallel.make_mesh(hp.mesh)
+        frozen = load_frozen(hp, mesh)  # sCD's teacher; {} for the others
+        abstract = parallel.abstract_train_state(
+            hp, mesh, {n: f.network for n, f in frozen.items()}
+        )
+        state = parallel.create_sharded_train_state(hp, abstract, jax.random.key(0), frozen)
+        local = make_dataset(hp.data, hp.training.batch_size, hp.seed).batch(0)
         batch = parallel.global_batch(local, mesh)
         rng = jax.random.key(0)
         ndims = {k: v.ndim for k, v in local.items()}

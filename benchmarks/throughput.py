@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmjax import parallel
-from cmjax.config_loading import load_config
-from cmjax.hparams import TrainHParams
-from cmjax.sampling import make_sampler
-from cmjax.train_step import make_train_step
+from cmjax.config import TrainHParams, load_config
+from cmjax.core import parallel
+from cmjax.core.sampling import make_sampler
+from cmjax.core.step import make_train_step
+from cmjax.workdir.frozen import load_frozen
 
 # Dense peak TFLOP/s per chip: (bfloat16, float32 matmul as XLA runs it by default).
 PEAK_TFLOPS = {
@@ -73,10 +73,11 @@ def bench_train(spec: str, dtype: str, per_device: int, steps: int, peak: float 
     n_dev = jax.device_count()
     config.training.batch_size = per_device * n_dev
     hp = TrainHParams.from_config(config)
-    mesh = parallel.make_mesh(config.get("mesh"))
-    abstract = parallel.abstract_train_state(config, mesh)
-    state = parallel.create_sharded_train_state(config, abstract, jax.random.key(0))
-    local = synthetic_batch(hp, config.training.batch_size // jax.process_count())
+    mesh = parallel.make_mesh(hp.mesh)
+    frozen = load_frozen(hp, mesh)  # sCD's teacher; {} for the others
+    abstract = parallel.abstract_train_state(hp, mesh, {n: f.network for n, f in frozen.items()})
+    state = parallel.create_sharded_train_state(hp, abstract, jax.random.key(0), frozen)
+    local = synthetic_batch(hp, hp.training.batch_size // jax.process_count())
     batch = parallel.global_batch(local, mesh)
     rng = jax.random.key(0)
     step = parallel.jit_train_step(
@@ -95,7 +96,7 @@ def bench_train(spec: str, dtype: str, per_device: int, steps: int, peak: float 
         state, metrics = compiled(state, batch, rng)
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - t0) / steps
-    images = config.training.batch_size / step_s
+    images = hp.training.batch_size / step_s
     mfu = flops_per_step / step_s / (peak * 1e12 * n_dev) if peak else None
     return dict(
         config=spec,
@@ -105,13 +106,13 @@ def bench_train(spec: str, dtype: str, per_device: int, steps: int, peak: float 
         step_ms=1e3 * step_s,
         img_s=images,
         img_s_dev=images / n_dev,
-        gflop_img=flops_per_step / config.training.batch_size / 1e9,
+        gflop_img=flops_per_step / hp.training.batch_size / 1e9,
         mfu=mfu,
         mem=peak_memory_gib(),
-    ), (config, hp, state)
+    ), (hp, state)
 
 
-def bench_sampler(config, hp: TrainHParams, state, per_device: int, steps: int) -> dict:
+def bench_sampler(hp: TrainHParams, state, per_device: int, steps: int) -> dict:
     n = per_device * jax.device_count()
     labels = jnp.arange(n) % hp.num_classes if hp.num_classes else None
     out = {}
@@ -171,8 +172,8 @@ def main() -> None:
                 f"{_fmt(row['mem'], '8.2f'):>8s}",
                 flush=True,
             )
-    config, hp, state = last
-    rates = bench_sampler(config, hp, state, last_batch, args.steps)
+    hp, state = last
+    rates = bench_sampler(hp, state, last_batch, args.steps)
     print(
         "sampler images/s (EMA params, last dtype and batch): "
         + ", ".join(f"{k} {v:.1f}" for k, v in rates.items())

@@ -17,8 +17,9 @@ Without ``--config.init_from`` the run starts from scratch (stage 0 is a denoisi
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import (
+from cmjax.config.sections import (
     add_run_sections,
+    data_section,
     objective_section,
     optim_section,
     shrink_to_tiny,
@@ -33,16 +34,14 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
         raise ValueError(f"unknown cifar10_ect variant {variant!r}; use one of {VARIANTS}")
     config = config_dict.ConfigDict()
     config.seed = 0
-    config.data = config_dict.ConfigDict(
-        dict(name="cifar10", shape=(32, 32, 3), num_classes=0, random_flip=False)
-    )
+    config.data = data_section("cifar10", (32, 32, 3), num_classes=0, random_flip=False)
     config.model = config_dict.ConfigDict(dict(DDPMPP_CIFAR10, dropout=0.2))
     config.objective = objective_section("ect", q=2.0, d=25_000)
     config.optim = optim_section()  # RAdam, lr 1e-4
     config.training = config_dict.ConfigDict(
         dict(total_steps=400_000, batch_size=128, ema_rates=(0.9999,))
     )
-    add_run_sections(config, two_step_sigma=0.821)
+    add_run_sections(config)
     if variant == "1gpuhour":
         config.objective.update(q=256.0, d=1_000_000)
         config.training.update(total_steps=8_000, ema_rates=(0.9993,))

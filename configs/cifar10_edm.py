@@ -13,8 +13,9 @@ Variants: "" (the recipe), "tiny" (same code, small widths and budget, for tests
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import (
+from cmjax.config.sections import (
     add_run_sections,
+    data_section,
     objective_section,
     optim_section,
     shrink_to_tiny,
@@ -37,9 +38,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
         raise ValueError(f"unknown cifar10_edm variant {variant!r}; use '' or 'tiny'")
     config = config_dict.ConfigDict()
     config.seed = 0
-    config.data = config_dict.ConfigDict(
-        dict(name="cifar10", shape=(32, 32, 3), num_classes=0, random_flip=False)
-    )
+    config.data = data_section("cifar10", (32, 32, 3), num_classes=0, random_flip=False)
     config.model = config_dict.ConfigDict(dict(DDPMPP_CIFAR10, dropout=0.13))
     config.objective = objective_section("edm")
     config.optim = optim_section(
@@ -52,7 +51,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             ema_rates=(ema_rate_from_half_life(EMA_HALF_LIFE_IMAGES, BATCH),),
         )
     )
-    add_run_sections(config, sampling=dict(num_steps=18, solver="heun"))
+    add_run_sections(config)  # Heun, 18 steps
     if variant == "tiny":
         # The same tiny network as cifar10_ect:tiny, so init_from fits between them.
         shrink_to_tiny(config, model_channels=16, channel_mult=(1, 2), num_blocks=1)

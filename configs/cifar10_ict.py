@@ -6,13 +6,13 @@ the paper's headline numbers), "tiny" (same code, tiny widths and budget, for te
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import (
+from cmjax.config.sections import (
     add_run_sections,
+    data_section,
     objective_section,
     optim_section,
     shrink_to_tiny,
 )
-from cmjax.data.pipeline import data_source_keys
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
@@ -20,11 +20,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
         raise ValueError(f"unknown cifar10_ict variant {variant!r}; use '', 'deep' or 'tiny'")
     config = config_dict.ConfigDict()
     config.seed = 0
-    config.data = config_dict.ConfigDict(
-        dict(
-            name="cifar10", shape=(32, 32, 3), num_classes=0, random_flip=True, **data_source_keys()
-        )
-    )
+    config.data = data_section("cifar10", (32, 32, 3), random_flip=True)
     config.model = config_dict.ConfigDict(
         dict(
             name="ncsnpp",
@@ -47,7 +43,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config.training = config_dict.ConfigDict(
         dict(total_steps=400_000, batch_size=1024, ema_rates=(0.99993,))
     )
-    add_run_sections(config, two_step_sigma=0.821)
+    add_run_sections(config)
     if variant == "deep":
         config.model.num_res_blocks = 8
     elif variant == "tiny":

@@ -13,8 +13,9 @@ Variants: "" (the paper recipe), "tiny" (same code, tiny widths and budget, for 
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import (
+from cmjax.config.sections import (
     add_run_sections,
+    data_section,
     objective_section,
     optim_section,
     shrink_to_tiny,
@@ -26,9 +27,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
         raise ValueError(f"unknown cifar10_meanflow variant {variant!r}; use '' or 'tiny'")
     config = config_dict.ConfigDict()
     config.seed = 0
-    config.data = config_dict.ConfigDict(
-        dict(name="cifar10", shape=(32, 32, 3), num_classes=0, random_flip=True)
-    )
+    config.data = data_section("cifar10", (32, 32, 3), num_classes=0, random_flip=True)
     config.model = config_dict.ConfigDict(
         dict(
             name="ddpmpp",
@@ -51,7 +50,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config.training = config_dict.ConfigDict(
         dict(total_steps=800_000, batch_size=1024, ema_rates=(0.9999,))
     )
-    add_run_sections(config, sampling=dict(two_step_time=0.5))
+    add_run_sections(config)
     if variant == "tiny":
         shrink_to_tiny(
             config, model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(16,)

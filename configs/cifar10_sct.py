@@ -12,13 +12,13 @@ from pathlib import Path
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import (
+from cmjax.config.loading import load_config
+from cmjax.config.sections import (
     add_run_sections,
     ema_rate_for_half_life,
     objective_section,
     optim_section,
 )
-from cmjax.config_loading import load_config
 
 
 def consistency_config(name: str, dropout: float, variant: str) -> config_dict.ConfigDict:
@@ -38,7 +38,7 @@ def consistency_config(name: str, dropout: float, variant: str) -> config_dict.C
     )
     # The EMA of a TrigFlow run of the same network (configs/cifar10_trigflow.py).
     config.init_from = ""
-    add_run_sections(config, sampling=dict(two_step_t=1.1))
+    add_run_sections(config, sampling={})  # the sCM sampler defaults (two_step_t 1.1)
     if variant == "tiny":
         tiny = load_config(f"{Path(__file__).with_name('cifar10_trigflow.py')}:tiny")
         config.training = tiny.training

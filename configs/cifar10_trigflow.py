@@ -11,8 +11,9 @@ Variants: "" (the recipe), "tiny" (same code, tiny widths and budget, for tests)
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import (
+from cmjax.config.sections import (
     add_run_sections,
+    data_section,
     ema_rate_for_half_life,
     objective_section,
     optim_section,
@@ -28,9 +29,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
         raise ValueError(f"unknown cifar10_trigflow variant {variant!r}; use '' or 'tiny'")
     config = config_dict.ConfigDict()
     config.seed = 0
-    config.data = config_dict.ConfigDict(
-        dict(name="cifar10", shape=(32, 32, 3), num_classes=0, random_flip=True)
-    )
+    config.data = data_section("cifar10", (32, 32, 3), num_classes=0, random_flip=True)
     # DDPM++ as EDM trains it, with the positional embedding of c_noise(t) = t.
     config.model = config_dict.ConfigDict(
         dict(DDPMPP_CIFAR10, time_embedding="positional", noise_cond_scale=1.0, dropout=0.13)
@@ -44,7 +43,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             ema_rates=(ema_rate_for_half_life(500_000, BATCH),),
         )
     )
-    add_run_sections(config, sampling=dict(num_steps=50))
+    add_run_sections(config)  # DDIM, 50 steps
     if variant == "tiny":
         shrink_to_tiny(
             config, model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(16,)

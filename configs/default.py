@@ -9,52 +9,25 @@ and/or an objective (``ict`` (default), ``edm``, ...), e.g. ``configs/default.py
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import (
+from cmjax.config.sections import (
     add_run_sections,
-    objective_section,
+    data_section,
     optim_section,
     parse_variant,
+    set_small_objective,
 )
-from cmjax.data.pipeline import data_source_keys
 
-# Per-objective settings on the digits: objective overrides and the sampling section.
-OBJECTIVE_SETTINGS = {
-    "ict": dict(objective={}, sampling=dict(two_step_sigma=0.821)),
-    "edm": dict(objective={}, sampling=dict(num_steps=18, solver="heun")),
-    # ECT: stage length d = 500 steps, 5 stages over the 2,500-step digits run.
-    "ect": dict(objective=dict(d=500), sampling=dict(two_step_sigma=0.821)),
-    # TrigFlow / sCT / sCD with a positional time embedding of c_noise(t) = t; sCD needs
-    # --config.objective.teacher=<a default:trigflow work directory>.
-    "trigflow": dict(
-        objective={}, sampling=dict(num_steps=50), model=dict(time_embedding="positional")
-    ),
-    "sct": dict(
-        objective=dict(warmup_steps=500),
-        sampling=dict(two_step_t=1.1),
-        model=dict(time_embedding="positional"),
-    ),
-    "scd": dict(
-        objective=dict(warmup_steps=500),
-        sampling=dict(two_step_t=1.1),
-        model=dict(time_embedding="positional"),
-    ),
-    # MeanFlow's network takes h = t - r as a second time input (model overrides).
-    "meanflow": dict(
-        objective={}, sampling=dict(two_step_time=0.5), model=dict(second_time_input=True)
-    ),
-}
+# The digits' own objective settings (the rest are each objective's defaults): ECT's stage
+# length d = 500 steps, 5 stages over the 2,500-step run; sCT / sCD tangent warmup over 500
+# steps. sCD needs --config.objective.teacher=<a default:trigflow work directory>.
+OBJECTIVES = {"ect": dict(d=500), "sct": dict(warmup_steps=500), "scd": dict(warmup_steps=500)}
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
-    size, objective = parse_variant(variant, ("tiny",), "", OBJECTIVE_SETTINGS)
-    settings = OBJECTIVE_SETTINGS[objective]
+    size, objective = parse_variant(variant, ("tiny",), "")
     config = config_dict.ConfigDict()
     config.seed = 0
-    config.data = config_dict.ConfigDict(
-        dict(
-            name="digits", shape=(8, 8, 1), num_classes=10, random_flip=False, **data_source_keys()
-        )
-    )
+    config.data = data_section("digits", (8, 8, 1), num_classes=10)
     config.model = config_dict.ConfigDict(
         dict(
             name="unet_small",
@@ -70,8 +43,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
             noise_cond_scale=1.0,
         )
     )
-    config.model.update(settings.get("model", {}))
-    config.objective = objective_section(objective, **settings["objective"])
+    set_small_objective(config, objective, OBJECTIVES)
     config.optim = optim_section(learning_rate=1e-3)
     config.training = config_dict.ConfigDict(
         dict(
@@ -86,7 +58,6 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     # samples, at the end of training (the loop also evaluates at the last step).
     add_run_sections(
         config,
-        sampling=settings["sampling"],
         checkpoint_every=1000,
         log_every=200,
         sample_every=500,

@@ -13,13 +13,13 @@ reference batch was made from (ADM center crop, box + bicubic) is the prepared f
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import (
+from cmjax.config.sections import (
     add_run_sections,
+    data_section,
     objective_section,
     optim_section,
     shrink_to_tiny,
 )
-from cmjax.data.pipeline import data_source_keys
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
@@ -27,15 +27,8 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
         raise ValueError(f"unknown imagenet64_ict variant {variant!r}; use '', 'deep' or 'tiny'")
     config = config_dict.ConfigDict()
     config.seed = 0
-    config.data = config_dict.ConfigDict(
-        dict(
-            name="imagenet64",  # or "prepared" (ADM preprocessing) with path=DIR
-            shape=(64, 64, 3),
-            num_classes=1000,
-            random_flip=True,
-            **data_source_keys(),
-        )
-    )
+    # name "imagenet64", or "prepared" (ADM preprocessing) with path=DIR
+    config.data = data_section("imagenet64", (64, 64, 3), num_classes=1000, random_flip=True)
     config.model = config_dict.ConfigDict(
         dict(
             name="adm",
@@ -58,7 +51,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config.training = config_dict.ConfigDict(
         dict(total_steps=800_000, batch_size=4096, ema_rates=(0.99997,))
     )
-    add_run_sections(config, two_step_sigma=1.526)
+    add_run_sections(config, sampling=dict(two_step_sigma=1.526))
     if variant == "deep":
         config.model.num_res_blocks = 6
     elif variant == "tiny":

@@ -12,8 +12,9 @@ Variants: "" (the recipe), "tiny" (same code, tiny widths and budget, for tests)
 
 from ml_collections import config_dict
 
-from cmjax.config_defaults import (
+from cmjax.config.sections import (
     add_run_sections,
+    data_section,
     ema_rate_for_half_life,
     objective_section,
     optim_section,
@@ -28,9 +29,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
         raise ValueError(f"unknown imagenet64_sct variant {variant!r}; use '' or 'tiny'")
     config = config_dict.ConfigDict()
     config.seed = 0
-    config.data = config_dict.ConfigDict(
-        dict(name="imagenet64", shape=(64, 64, 3), num_classes=1000, random_flip=True)
-    )
+    config.data = data_section("imagenet64", (64, 64, 3), num_classes=1000, random_flip=True)
     config.model = config_dict.ConfigDict(
         dict(
             name="adm",
@@ -60,7 +59,7 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
         )
     )
     config.init_from = ""
-    add_run_sections(config, sampling=dict(two_step_t=1.1))
+    add_run_sections(config)
     if variant == "tiny":
         shrink_to_tiny(
             config,

@@ -14,29 +14,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmjax import TrainHParams, create_train_state, make_train_step
-from cmjax.config_loading import load_config
+import cmjax
+from cmjax.core.sampling import sample
 from cmjax.data import make_dataset
 from cmjax.images import make_grid, plot_curve, save_png, to_uint8
-from cmjax.sampling import sample
 
 steps = int(os.environ.get("CMJAX_QUICKSTART_STEPS", "1500"))
 out_dir = Path(os.environ.get("CMJAX_QUICKSTART_OUT", "quickstart_out"))
 
 # %% [markdown]
-# A config is an ml_collections ConfigDict; the hyperparameters the step uses are frozen
-# once into `TrainHParams`.
+# A config is an ml_collections ConfigDict; it is resolved once into frozen hyperparameters,
+# `TrainHParams`, and everything below takes those.
 
 # %%
-config = load_config("configs/default.py")
+config = cmjax.load_config("configs/default.py")
 config.training.total_steps = steps
-hp = TrainHParams.from_config(config)
+hp = cmjax.TrainHParams.from_config(config)
 print(hp.objective)  # the iCT objective: grid, curriculum, loss constants
 
+# %% [markdown]
+# A method that reads frozen networks (sCD's teacher, ...) gets them with
+# `frozen=cmjax.load_frozen(hp)`; iCT reads none, so that is `{}` here.
+
 # %%
-state = create_train_state(config, jax.random.key(config.seed))
-train_step = jax.jit(make_train_step(config), donate_argnums=0)
-dataset = make_dataset(config)  # batch(step) is a pure function of (seed, step)
+state = cmjax.create_train_state(hp, jax.random.key(hp.seed), frozen=cmjax.load_frozen(hp))
+train_step = jax.jit(cmjax.make_train_step(hp), donate_argnums=0)
+# batch(step) is a pure function of (seed, step)
+dataset = make_dataset(hp.data, hp.training.batch_size, hp.seed)
 
 losses = []
 for step in range(steps):

@@ -86,29 +86,49 @@ def image_config():
     return config
 
 
+def dataset(config_or_hparams):
+    """The training Dataset of a config (or of its TrainHParams), as the loop builds it."""
+    from cmjax.config import TrainHParams
+    from cmjax.data import make_dataset
+
+    hp = config_or_hparams
+    if not isinstance(hp, TrainHParams):
+        hp = TrainHParams.from_config(hp)
+    return make_dataset(hp.data, hp.training.batch_size, hp.seed)
+
+
+def save_run(workdir, state, config, step=None, frozen=None) -> str:
+    """Save ``state`` as the one checkpoint of the work directory ``workdir``, as
+    ``cmjax-train`` leaves it (``frozen``: the records of its frozen networks)."""
+    import jax
+
+    from cmjax.workdir.checkpoint import Checkpointer
+
+    step = int(jax.device_get(state.step)) if step is None else step
+    checkpointer = Checkpointer(workdir, async_save=False)
+    checkpointer.save(step, state, config, force=True, frozen=frozen)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    return str(workdir)
+
+
 def _train_toy_trigflow(workdir, hidden: int, depth: int, steps: int) -> str:
     """A toy2d:two_moons,trigflow run (MLP hidden x depth) trained ``steps`` steps and saved as
     a work directory (one orbax checkpoint with its config), as ``cmjax-train`` leaves it."""
     import jax
 
     from cmjax import create_train_state, make_train_step
-    from cmjax.checkpoint import Checkpointer
-    from cmjax.config_loading import load_config
-    from cmjax.data import make_dataset
+    from cmjax.config import load_config
 
     config = load_config("toy2d:two_moons,trigflow")
     config.model.update(hidden=hidden, depth=depth)
     config.training.update(total_steps=steps, batch_size=256)
     step = jax.jit(make_train_step(config), donate_argnums=0)
     state = create_train_state(config, jax.random.key(0))
-    data = make_dataset(config)
+    data = dataset(config)
     for k in range(steps):
         state, _ = step(state, data.batch(k))
-    checkpointer = Checkpointer(workdir, async_save=False)
-    checkpointer.save(steps, state, config, force=True)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
-    return str(workdir)
+    return save_run(workdir, state, config, steps)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cmjax.checkpoint import latest_step
+from cmjax.workdir.checkpoint import latest_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,7 +14,7 @@ def test_cli_trains_tiny_cifar10_end_to_end(tmp_path):
     """cmjax-train on configs/cifar10_ict.py:tiny, TFDS mocked inside the CLI process."""
     launcher = (
         "import sys, tensorflow_datasets as tfds\n"
-        "from cmjax.main import run\n"
+        "from cmjax.cli.train import run\n"
         "with tfds.testing.mock_data(num_examples=32):\n"
         "    sys.argv = ['cmjax-train'] + sys.argv[1:]\n"
         "    run()\n"

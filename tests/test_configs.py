@@ -1,9 +1,9 @@
-"""The paper configs resolve to DESIGN.md §1, constant by constant."""
+"""The paper configs resolve to the iCT constants of docs/objectives.md, one by one."""
 
 import pytest
 
-from cmjax.config_loading import load_config
-from cmjax.hparams import TrainHParams, validate_config
+from cmjax.config.hparams import TrainHParams, validate_config
+from cmjax.config.loading import load_config
 
 COMMON = dict(
     sigma_min=0.002, sigma_max=80.0, rho=7.0, sigma_data=0.5, s0=10, s1=1280, p_mean=-1.1, p_std=2.0

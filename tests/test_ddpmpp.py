@@ -30,7 +30,7 @@ def _count(model, labels=None):
     [({}, 55_732_739), ({"augment_dim": 9}, 55_733_891), ({"num_classes": 10}, 55_734_147)],
 )
 def test_parameter_counts_match_edm(overrides, expected):
-    """OBJECTIVES.md section 2: EDM's DDPM++ counted exactly."""
+    """docs/objectives.md (EDM): EDM's DDPM++ counted exactly."""
     cfg = {**DDPMPP_CIFAR10, **overrides}
     labels = jnp.zeros((1,), jnp.int32) if cfg["num_classes"] else None
     assert _count(build_model(cfg), labels) == expected

@@ -1,12 +1,12 @@
-"""The README's main command: the toy demo trains and reports sample quality."""
+"""The README's 30-second look (``cmjax-demo``): the toy demo trains and reports sample quality."""
 
 import re
 
-from cmjax import demo
+from cmjax.cli import demo
 
 
 def test_demo_trains_and_reports_better_samples(capsys):
-    assert demo.main(["--distribution", "two_moons", "--steps", "300"]) == 0
+    assert demo.COMMAND(["cmjax-demo", "--distribution=two_moons", "--steps=300"]) == 0
     out = capsys.readouterr().out
     assert "two independent data draws" in out
     rows = re.findall(r"(\d)-step samples: init ([\d.]+) -> trained \(EMA\) ([\d.]+)", out)

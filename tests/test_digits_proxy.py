@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cmjax.config_loading import load_config
+from cmjax.cli import fid as fid_cli
+from cmjax.config import TrainHParams
+from cmjax.config.loading import load_config
 from cmjax.evaluation import digits_proxy, evaluator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,21 +58,15 @@ def test_proxy_rejects_float_or_wrong_shape():
         digits_proxy.digits_fd_proxy(np.zeros((4, 8, 8, 3), np.uint8))
 
 
-def test_fid_cli_scores_8x8_samples_with_the_proxy_and_no_inception(tmp_path):
+def test_fid_cli_scores_8x8_samples_with_the_proxy_and_no_inception(tmp_path, capsys):
     x, _ = digits_proxy.digits_data()
     np.savez(tmp_path / "s.npz", arr_0=x[:1000])
-    r = subprocess.run(
-        [sys.executable, "-m", "cmjax.evaluation.fid_cli", f"--samples={tmp_path / 's.npz'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "NOT FID" in r.stdout
-    got = float(r.stdout.split("digits_fd_proxy ")[1].split()[0])
+    assert fid_cli.COMMAND(["cmjax-fid", f"--samples={tmp_path / 's.npz'}"]) == 0
+    stdout = capsys.readouterr().out
+    assert "NOT FID" in stdout
+    got = float(stdout.split("digits_fd_proxy ")[1].split()[0])
     assert got == pytest.approx(digits_proxy.digits_fd_proxy(x[:1000]), abs=1e-4)
-    floor = float(r.stdout.split("floor ")[1].split(";")[0])
+    floor = float(stdout.split("floor ")[1].split(";")[0])
     assert floor == pytest.approx(digits_proxy.data_floor(), abs=1e-4)
 
 
@@ -83,14 +77,14 @@ def test_in_loop_evaluator_reports_the_proxy_for_digits(monkeypatch):
     real = x[:1000].astype(np.float32) / 127.5 - 1.0
     noise = np.random.default_rng(0).uniform(-1, 1, real.shape).astype(np.float32)
 
-    def fake_generate(config, state, plan, num, batch, **kw):
+    def fake_generate(hp, state, plan, num, batch, **kw):
         assert (num, batch) == (1000, 500)
         return (real if plan.nfe == 1 else noise), None
 
     monkeypatch.setattr(evaluator, "generate", fake_generate)
     config = load_config("default:tiny")
     config.eval.update(every_steps=1, num_samples=1000, batch_size=500)
-    scores = evaluator.make_evaluator(config)(state=None)
+    scores = evaluator.make_evaluator(TrainHParams.from_config(config))(state=None)
     assert list(scores) == [
         "digits_fd_proxy_1step",
         "digits_fd_proxy_2step",

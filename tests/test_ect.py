@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import dataset
 
 from cmjax import create_train_state, make_train_step
-from cmjax.config_loading import load_config
-from cmjax.data import make_dataset
+from cmjax.config.hparams import TrainHParams
+from cmjax.config.loading import load_config
 from cmjax.errors import ConfigError
-from cmjax.hparams import TrainHParams
 from cmjax.objectives import ECT, EDM
 from cmjax.objectives.ect import IMAGENET64, ect_stage, mapping_gap, mapping_r
 
@@ -83,7 +83,7 @@ def _f64(w, x, t, mask, sigma_min=0.0):
 @pytest.mark.parametrize("variant", ["cifar10", "imagenet64"])
 def test_loss_matches_an_independent_float64_computation(variant):
     kw = IMAGENET64 if variant == "imagenet64" else {}
-    ect = ECT(d=4, **kw)
+    ect = ECT(d=4, total_steps=12, **kw)
     rng_w, rng_x = jax.random.split(jax.random.key(0))
     w = np.asarray(jax.random.normal(rng_w, (6, 6)) * 0.5, np.float64)
     x = np.asarray(jax.random.uniform(rng_x, (64, 6), minval=-1, maxval=1), np.float64)
@@ -135,7 +135,7 @@ def test_r_zero_gives_the_data_as_target():
 
 def test_parametrizations_train_is_edm_and_sampling_has_the_sigma_min_offset():
     ect = ECT()
-    assert ect.sigma_min == 0.003  # official ECMPrecond (OBJECTIVES.md says 0.002)
+    assert ect.sigma_min == 0.003  # official ECMPrecond (EDM's is 0.002)
     w = {"w": jax.random.normal(jax.random.key(1), (3, 3))}
     x = jax.random.normal(jax.random.key(2), (5, 3))
     sig = jnp.asarray([0.003, 0.01, 0.5, 2.0, 80.0], jnp.float32)
@@ -193,7 +193,7 @@ def test_one_compilation_across_stages():
 
     step = jax.jit(counted)
     state = create_train_state(config, jax.random.key(0))
-    data = make_dataset(config)
+    data = dataset(config)
     stages = []
     for k in range(8):
         state, metrics = step(state, data.batch(k))

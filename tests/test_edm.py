@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmjax.config_loading import load_config
-from cmjax.hparams import TrainHParams
+from cmjax.config.hparams import TrainHParams
+from cmjax.config.loading import load_config
 from cmjax.objectives import EDM
 from cmjax.objectives.edm import edm_loss_weight, karras_sampling_grid
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from cmjax import ict
+from cmjax.objectives import ict_schedule as ict
 
 
 @pytest.mark.parametrize(

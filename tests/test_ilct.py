@@ -7,16 +7,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import dataset
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from scipy.optimize import linear_sum_assignment
 
-from cmjax import TrainHParams, create_train_state, ict, make_train_step
-from cmjax.config_loading import load_config
-from cmjax.consistency import consistency_fn
-from cmjax.data import make_dataset
+from cmjax import TrainHParams, create_train_state, make_train_step
+from cmjax.config.loading import load_config
 from cmjax.errors import ConfigError
-from cmjax.ot_pairing import ot_pair_noise, ot_permutation
+from cmjax.objectives import ict_schedule as ict
+from cmjax.objectives.ot_pairing import ot_pair_noise, ot_permutation
+from cmjax.objectives.preconditioning import consistency_fn
 
 ILCT = dict(loss="cauchy", c_schedule="adaptive", diffusion_loss_weight=5.0, ot_pairing=True)
 
@@ -33,7 +34,7 @@ def objective_loss(config, step, seed=3, params_seed=0):
     """(per-example loss, metrics, objective, state, batch, rng) at ``step``."""
     hp = TrainHParams.from_config(config)
     state = create_train_state(config, jax.random.key(params_seed))
-    x = make_dataset(config).batch(0)["x"]
+    x = dataset(config).batch(0)["x"]
     rng = jax.random.key(seed)
     loss, metrics = hp.objective.loss(state.params, state.apply_fn, x, None, rng, jnp.int32(step))
     return np.asarray(loss, np.float64), metrics, hp.objective, state, x, rng
@@ -158,7 +159,7 @@ def test_sharded_step_equals_single_device_step_with_all_switches():
     config = toy(**ILCT)
     step = make_train_step(config)
     state0 = create_train_state(config, jax.random.key(0))
-    data = make_dataset(config)
+    data = dataset(config)
     rng = jax.random.key(3)
     s1 = state0
     for k in range(3):

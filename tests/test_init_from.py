@@ -5,12 +5,12 @@ import jax
 import numpy as np
 import pytest
 
-from cmjax import parallel
-from cmjax.checkpoint import Checkpointer
-from cmjax.config_loading import load_config
-from cmjax.errors import ConfigError
-from cmjax.init_from import apply_init_from, resolve_source
-from cmjax.train import train_and_evaluate
+from cmjax.config import TrainHParams, load_config
+from cmjax.core import parallel
+from cmjax.errors import CheckpointError, ConfigError
+from cmjax.training.loop import train_and_evaluate
+from cmjax.workdir.init_from import apply_init_from
+from cmjax.workdir.runs import read_run, resolve_source
 
 
 def _toy(objective: str, hidden: int = 32, steps: int = 4):
@@ -31,17 +31,14 @@ def source(tmp_path_factory):
 
 
 def _source_ema(workdir, step):
-    ckpt = Checkpointer(workdir, read_only=True)
-    mesh = parallel.make_mesh({})
-    state = ckpt.restore(parallel.abstract_train_state(ckpt.restored_config(step), mesh), step)
-    ckpt.close()
-    return state.ema_params[0]
+    return read_run(workdir, step).state.ema_params[0]
 
 
 def _fresh(config):
-    mesh = parallel.make_mesh({})
-    abstract = parallel.abstract_train_state(config, mesh)
-    return parallel.create_sharded_train_state(config, abstract, jax.random.key(0)), mesh
+    hp = TrainHParams.from_config(config)
+    mesh = parallel.make_mesh()
+    abstract = parallel.abstract_train_state(hp, mesh)
+    return hp, parallel.create_sharded_train_state(hp, abstract, jax.random.key(0)), mesh
 
 
 def _equal(a, b):
@@ -54,9 +51,9 @@ def test_starts_from_the_source_ema_exactly(source, form):
     step = 4 if form == "workdir" else 2
     config = _toy("ect")
     config.init_from = str(source if form == "workdir" else source / "checkpoints" / "2")
-    assert resolve_source(config.init_from) == (source, step)
-    fresh, mesh = _fresh(config)
-    state = apply_init_from(config, fresh, mesh)
+    assert resolve_source(config.init_from) == (source, None if form == "workdir" else step)
+    hp, fresh, mesh = _fresh(config)
+    state = apply_init_from(hp, fresh, mesh)
     want = _source_ema(source, step)
     _equal(state.params, want)
     for ema in state.ema_params:
@@ -99,9 +96,9 @@ def test_the_training_loop_starts_from_it(source, tmp_path):
 def test_a_different_network_is_one_clear_error(source):
     config = _toy("ect", hidden=48)
     config.init_from = str(source)
-    fresh, mesh = _fresh(config)
+    hp, fresh, mesh = _fresh(config)
     with pytest.raises(ConfigError) as info:
-        apply_init_from(config, fresh, mesh)
+        apply_init_from(hp, fresh, mesh)
     message = str(info.value)
     assert "\n" not in message
     assert "(32,)" in message or "32)" in message
@@ -109,5 +106,5 @@ def test_a_different_network_is_one_clear_error(source):
 
 
 def test_a_path_without_checkpoints_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match="neither a work directory"):
+    with pytest.raises(CheckpointError, match="neither a work directory"):
         resolve_source(tmp_path / "nothing_here")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmjax import losses
+from cmjax.objectives import distances as losses
 
 
 def test_pseudo_huber_c_for_paper_resolutions():

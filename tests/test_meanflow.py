@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmjax.config_loading import load_config
-from cmjax.hparams import TrainHParams
+from cmjax.config.hparams import TrainHParams
+from cmjax.config.loading import load_config
 from cmjax.models import build_model
 from cmjax.objectives import MeanFlow
 from cmjax.objectives.meanflow import sample_t_r

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmjax.config_loading import load_config
+from cmjax.config.loading import load_config
+from cmjax.errors import ConfigError
 from cmjax.models import build_model
 from cmjax.models.adm import ADMResBlock
 from cmjax.models.ddpmpp import SongUNetBlock
@@ -76,7 +77,7 @@ def test_build_model_rejects_unknown_names_and_keys():
 def test_load_config_by_name_and_path():
     assert load_config("toy2d:two_moons").data.distribution == "two_moons"
     assert load_config("configs/toy2d.py").data.distribution == "gaussian_mixture"
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(ConfigError, match="not found"):
         load_config("configs/nope.py")
 
 

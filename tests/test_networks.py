@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmjax.config_loading import load_config
+from cmjax.config.loading import load_config
 from cmjax.models import MODELS, build_model
 from cmjax.models.layers import fir_downsample_2x, fir_upsample_2x, spatial_attention
 

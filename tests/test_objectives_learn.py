@@ -4,31 +4,29 @@ samples to held-out data falls by the factor ``FALLS`` states (tests/test_object
 import jax
 import numpy as np
 import pytest
-from test_objectives import FALLS, toy
+from conftest import dataset
+from test_objectives import FALLS, SHIPPED, toy
 
-from cmjax import TrainHParams, create_train_state, make_train_step
-from cmjax.data import make_dataset
+from cmjax import create_train_state, make_train_step
+from cmjax.core.sampling import make_sampler
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
-from cmjax.objectives import OBJECTIVES
-from cmjax.sampling import make_sampler
 
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+@pytest.mark.parametrize("name", SHIPPED)
 def test_toy_sample_distance_falls(name, trigflow_teacher):
     steps, batch, factor = FALLS[name]
-    config = toy(name, steps=steps, batch=batch, teacher=trigflow_teacher, hidden=128, depth=3)
-    hp = TrainHParams.from_config(config)
-    step = jax.jit(make_train_step(config), donate_argnums=0)
-    state = create_train_state(config, jax.random.key(0))
+    hp, frozen = toy(name, steps=steps, batch=batch, teacher=trigflow_teacher, hidden=128, depth=3)
+    step = jax.jit(make_train_step(hp), donate_argnums=0)
+    state = create_train_state(hp, jax.random.key(0), frozen=frozen)
     plan = next(iter(hp.objective.sampler_plans().values()))
     draw = make_sampler(hp.objective, state.apply_fn, (2000, 2), plan)
-    held = np.concatenate([make_dataset(config).batch(10**6 + i)["x"] for i in range(8)])[:2000]
+    held = np.concatenate([dataset(hp).batch(10**6 + i)["x"] for i in range(8)])[:2000]
 
     def sw(params):
         return float(sliced_wasserstein(draw(params, jax.random.key(5)), held, jax.random.key(7)))
 
     before = sw(state.params)
-    data = make_dataset(config)
+    data = dataset(hp)
     for k in range(steps):
         state, metrics = step(state, data.batch(k))
     assert np.isfinite(float(metrics["loss"]))

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 from PIL import Image
 
-from cmjax.data import DataError, make_dataset, make_source
+from cmjax.cli.prepare_imagenet import COMMAND
+from cmjax.data import DataError, DataHParams, make_dataset, make_source
 from cmjax.data.adm_preprocess import adm_center_crop, load_adm_image
-from cmjax.data.prepare_imagenet import main, prepare
+from cmjax.data.prepare_imagenet import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,8 +144,8 @@ def prepared(tree, tmp_path_factory):
     """The command line, as a user runs it: 2 worker processes, chunks of 5."""
     out = tmp_path_factory.mktemp("prepared")
     r = subprocess.run(
-        [sys.executable, "-m", "cmjax.data.prepare_imagenet", f"--src={tree}", f"--out={out}"]
-        + [f"--image-size={SIZE}", "--workers=2", "--chunk-size=5"],
+        [sys.executable, "-m", "cmjax.cli.prepare_imagenet", f"--src={tree}", f"--out={out}"]
+        + [f"--image_size={SIZE}", "--workers=2", "--chunk_size=5"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -196,7 +196,7 @@ def test_interrupted_run_resumes_to_the_identical_result(tree, prepared, tmp_pat
     assert not prepare(tree, out, max_chunks=1, **quiet)
     assert not (out / "info.json").exists() and not (out / "images.npy").exists()
     with pytest.raises(DataError, match="not a finished prepared folder"):
-        make_source(dict(name="prepared", path=str(out), shape=(SIZE, SIZE, 3)))
+        make_source(DataHParams(name="prepared", path=str(out), shape=(SIZE, SIZE, 3)))
     # a chunk half-written when the run was killed: its rows are garbage, it is not recorded
     partial = np.lib.format.open_memmap(out / "images.partial.npy", mode="r+")
     partial[5:8] = 255
@@ -216,9 +216,8 @@ def test_interrupted_run_resumes_to_the_identical_result(tree, prepared, tmp_pat
 
 
 def test_prepared_source_serves_batches_through_make_dataset(prepared):
-    data = dict(name="prepared", path=str(prepared), shape=(SIZE, SIZE, 3), num_classes=3)
-    config = ConfigDict(dict(seed=3, data=data, training=dict(batch_size=8)))
-    ds = make_dataset(config)
+    data = DataHParams(name="prepared", path=str(prepared), shape=(SIZE, SIZE, 3), num_classes=3)
+    ds = make_dataset(data, batch_size=8, seed=3)
     assert isinstance(ds.source.x, np.memmap)  # never loaded whole
     images, labels = np.load(prepared / "images.npy"), np.load(prepared / "labels.npy")
     for step in (0, 1, 2):  # step 1 crosses the epoch boundary at record 12
@@ -240,7 +239,7 @@ def test_prepared_source_serves_batches_through_make_dataset(prepared):
 def test_prepared_source_errors_say_what_to_do(prepared, data, match):
     spec = dict(name="prepared", path=str(prepared), shape=(SIZE, SIZE, 3), num_classes=3)
     with pytest.raises(DataError, match=match):
-        make_source({**spec, **data})
+        make_source(DataHParams(**{**spec, **data}))
 
 
 # --- bad input: one line, non-zero exit -------------------------------------------------------
@@ -265,8 +264,10 @@ def test_bad_input_is_one_line_and_nonzero(case, tmp_path, capsys):
     elif case == "mixed":
         _bad_jpeg_tree(src)
         Image.new("RGB", (20, 20)).save(src / "stray.png")
-    code = main([f"--src={src}", f"--out={tmp_path / 'out'}", "--workers=1"])
+    code = COMMAND(
+        ["cmjax-prepare-imagenet", f"--src={src}", f"--out={tmp_path / 'out'}", "--workers=1"]
+    )
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2
     assert err.count("\n") == 1 and err.startswith("cmjax-prepare-imagenet: error: ")
     assert want[case] in err and "Traceback" not in err

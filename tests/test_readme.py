@@ -1,17 +1,17 @@
 """Every command in the README is exercised: python snippets run, CLI lines parse and their
 configs validate, launch lines pass with --dry-run, and the main command trains."""
 
+import importlib
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from absl import flags
 
-from cmjax.config_loading import load_config
-from cmjax.hparams import validate_config
+from cmjax.config.hparams import validate_config
+from cmjax.config.loading import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -66,14 +66,30 @@ def test_readme_train_commands_have_valid_configs(command):
     assert any(a.startswith("--workdir=") for a in args)
 
 
-@pytest.mark.parametrize("command", _commands("cmjax-sample") + _commands("cmjax-fid"))
-def test_readme_sample_and_fid_flags_exist(command):
+ENTRY_POINTS = {
+    "cmjax-sample": "cmjax.cli.sample",
+    "cmjax-fid": "cmjax.cli.fid",
+    "cmjax-combine": "cmjax.cli.combine",
+    "cmjax-import": "cmjax.cli.import_checkpoint",
+    "cmjax-prepare-imagenet": "cmjax.cli.prepare_imagenet",
+    "cmjax-demo": "cmjax.cli.demo",
+}
+
+
+@pytest.mark.parametrize("command", [c for p in ENTRY_POINTS for c in _commands(p)])
+def test_readme_commands_use_existing_flags(command):
     args = shlex.split(command)
-    module = "cmjax.sample_cli" if args[0] == "cmjax-sample" else "cmjax.evaluation.fid_cli"
-    __import__(module)
+    entry = importlib.import_module(ENTRY_POINTS[args[0]]).COMMAND
+    fv = flags.FlagValues()
+    entry.define(fv, args[:1])
     for arg in args[1:]:
         assert arg.startswith("--")
-        assert arg[2:].split("=")[0] in flags.FLAGS, arg
+        assert arg[2:].split("=")[0] in fv, arg
+
+
+def test_readme_names_every_entry_point():
+    for prog in ENTRY_POINTS:
+        assert _commands(prog), prog
 
 
 @pytest.mark.parametrize("command", _commands("launch/tpu_pod.sh") + _commands("launch/gpu_local"))
@@ -89,15 +105,17 @@ def test_readme_launch_commands_dry_run(command):
     assert r.stdout.strip()
 
 
-def test_readme_main_command_trains_the_default(tmp_path):
+def test_readme_main_command_trains_the_default(tmp_path, capsys, monkeypatch):
+    """The README's main command, in-process as its console script runs it, shortened."""
+    from cmjax.cli import train
+
     (command,) = _commands(".venv/bin/cmjax-train")
     args = shlex.split(command)[1:]
     assert args[0] == "--config=configs/default.py"
-    r = subprocess.run(
+    monkeypatch.chdir(ROOT)
+    code = train.COMMAND(
         [
-            sys.executable,
-            "-m",
-            "cmjax.main",
+            "cmjax-train",
             args[0],
             f"--workdir={tmp_path}",
             "--config.training.total_steps=3",
@@ -105,12 +123,9 @@ def test_readme_main_command_trains_the_default(tmp_path):
             "--config.training.log_every=1",
             "--config.checkpoint.every_steps=3",
             "--config.eval.every_steps=0",  # the proxy: tests/test_digits_proxy.py
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        ]
     )
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "step 3/3" in r.stdout
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "step 3/3" in out
     assert (tmp_path / "samples" / "samples_2step_00000003.png").is_file()

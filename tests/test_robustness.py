@@ -16,12 +16,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmjax import parallel
-from cmjax.checkpoint import Checkpointer, CheckpointError, state_digest
-from cmjax.config_loading import load_config
-from cmjax.data import DataError, make_source
-from cmjax.train import NonFiniteError, train_and_evaluate
-from cmjax.workdir_lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
+from cmjax.config.hparams import MeshHParams
+from cmjax.config.loading import load_config
+from cmjax.core import parallel
+from cmjax.data import DataError, DataHParams, make_source
+from cmjax.errors import NonFiniteError
+from cmjax.training.loop import train_and_evaluate
+from cmjax.workdir.checkpoint import Checkpointer, CheckpointError, state_digest
+from cmjax.workdir.lock import LOCK_NAME, WorkdirLock, WorkdirLockedError
+from cmjax.workdir.runs import read_run
+
+
+def data_spec(*args, **kw):
+    """``hp.data`` from config.data keys."""
+    return DataHParams(**dict(*args, **kw))
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_FLAGS = [
@@ -86,7 +95,7 @@ def test_second_run_on_a_locked_workdir_refuses_naming_the_holder(tmp_path):
         [
             sys.executable,
             "-m",
-            "cmjax.main",
+            "cmjax.cli.train",
             "--config=configs/toy2d.py",
             f"--workdir={workdir}",
             *TOY_FLAGS,
@@ -104,7 +113,7 @@ def test_second_run_on_a_locked_workdir_refuses_naming_the_holder(tmp_path):
             time.sleep(0.1)
         assert json.loads(lock.read_text())["pid"] == first.pid
         rc, _, err = _cli(
-            "cmjax.main", "--config=configs/toy2d.py", f"--workdir={workdir}", *TOY_FLAGS
+            "cmjax.cli.train", "--config=configs/toy2d.py", f"--workdir={workdir}", *TOY_FLAGS
         )
         line = _one_error_line(err)
         assert rc == 2
@@ -167,7 +176,7 @@ def test_state_digest_sees_one_word_and_not_the_mesh():
     states = [
         parallel.create_sharded_train_state(
             config,
-            parallel.abstract_train_state(config, parallel.make_mesh({"fsdp": f}, devices)),
+            parallel.abstract_train_state(config, parallel.make_mesh(MeshHParams(fsdp=f), devices)),
             jax.random.key(0),
         )
         for f, devices in ((1, jax.devices()[:1]), (8, jax.devices()))
@@ -189,7 +198,7 @@ def test_state_digest_sees_one_word_and_not_the_mesh():
 def test_corrupt_newest_checkpoint_falls_back_to_the_newest_intact(trained, tmp_path, caplog):
     workdir = _copy(trained, tmp_path)
     config = _toy_config(total_steps=20)
-    abstract = parallel.abstract_train_state(config, parallel.make_mesh({}))
+    abstract = parallel.abstract_train_state(config, parallel.make_mesh())
     _swap_state(workdir, 20, 10)
     ckpt = Checkpointer(workdir, read_only=True)
     try:
@@ -207,7 +216,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_newest_intact(trained, tmp_
     # The re-trained step 20 equals the original (exact resume), so the fallback lost nothing.
     original = Checkpointer(trained, read_only=True)
     try:
-        reference = original.restore(parallel.abstract_train_state(config, parallel.make_mesh({})))
+        reference = original.restore(parallel.abstract_train_state(config, parallel.make_mesh()))
     finally:
         original.close()
     assert state_digest(state) == state_digest(reference)
@@ -273,12 +282,12 @@ def test_npz_of_another_size_is_refused_unless_resize(tmp_path, size, caplog):
     np.savez(path, x=np.random.default_rng(0).integers(0, 256, (6, *size, 3), dtype=np.uint8))
     data = dict(name="npz", path=str(path), shape=(8, 8, 3), num_classes=0)
     with pytest.raises(DataError) as info:
-        make_source(data)
+        make_source(data_spec(data))
     message = str(info.value)
     assert "imgs.npz" in message and f"{size[0]}x{size[1]}x3" in message and "8x8x3" in message
     assert "config.data.resize=True" in message and "\n" not in message
     with caplog.at_level("WARNING", logger="cmjax"):
-        src = make_source(dict(data, resize=True))
+        src = make_source(data_spec(data, resize=True))
     assert src.x.shape == (6, 8, 8, 3)
     assert any(f"from {size[0]}x{size[1]} to 8x8" in r.getMessage() for r in caplog.records)
 
@@ -290,17 +299,17 @@ def test_image_folder_of_mixed_sizes_names_the_odd_file(tmp_path, caplog):
     _png(tmp_path / "3.png", rng.integers(0, 256, (16, 16, 3), np.uint8))
     data = dict(name="image_folder", path=str(tmp_path), shape=(8, 8, 3), num_classes=0)
     with pytest.raises(DataError, match=r"3\.png: images are 16x16x3 but config\.data\.shape"):
-        make_source(data)
+        make_source(data_spec(data))
     with caplog.at_level("WARNING", logger="cmjax"):
-        src = make_source(dict(data, resize=True))
+        src = make_source(data_spec(data, resize=True))
     np.testing.assert_array_equal(src.x[0], np.asarray(Image.open(tmp_path / "0.png")))
     assert any("resized 1 of 4 images" in r.getMessage() for r in caplog.records)
 
 
 def test_digits_at_another_shape_need_resize():
     with pytest.raises(DataError, match="digits: images are 8x8x1"):
-        make_source(dict(name="digits", shape=(16, 16, 1), num_classes=0))
-    assert make_source(dict(name="digits", shape=(16, 16, 1), resize=True)).x.shape[1:] == (
+        make_source(data_spec(name="digits", shape=(16, 16, 1), num_classes=0))
+    assert make_source(data_spec(name="digits", shape=(16, 16, 1), resize=True)).x.shape[1:] == (
         16,
         16,
         1,
@@ -316,14 +325,14 @@ def test_non_finite_vectors_name_file_and_index(tmp_path):
     x[30, 0] = np.inf
     np.savez(tmp_path / "pts.npz", x=x)
     with pytest.raises(DataError) as info:
-        make_source(dict(name="npz", path=str(tmp_path / "pts.npz"), shape=(2,)))
+        make_source(data_spec(name="npz", path=str(tmp_path / "pts.npz"), shape=(2,)))
     message = str(info.value)
     assert "pts.npz" in message and "example 17" in message and "(17, 1)" in message
     assert "2 example(s)" in message
     big = np.full((3, 2), 1e300)  # finite float64, inf as float32
     np.savez(tmp_path / "big.npz", x=big)
     with pytest.raises(DataError, match=r"big\.npz 'x' \(as float32\): example 0"):
-        make_source(dict(name="npz", path=str(tmp_path / "big.npz"), shape=(2,)))
+        make_source(data_spec(name="npz", path=str(tmp_path / "big.npz"), shape=(2,)))
 
 
 def test_truncated_png_and_npz_are_named(tmp_path):
@@ -332,20 +341,20 @@ def test_truncated_png_and_npz_are_named(tmp_path):
     broken = tmp_path / "imgs" / "broken.png"
     broken.write_bytes(broken.read_bytes()[:40])
     with pytest.raises(DataError, match=r"broken\.png cannot be read as an image"):
-        make_source(dict(name="image_folder", path=str(tmp_path / "imgs"), shape=(8, 8, 3)))
+        make_source(data_spec(name="image_folder", path=str(tmp_path / "imgs"), shape=(8, 8, 3)))
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 2)))
     (tmp_path / "d.npz").write_bytes((tmp_path / "d.npz").read_bytes()[:100])
     with pytest.raises(DataError, match=r"d\.npz cannot be read"):
-        make_source(dict(name="npz", path=str(tmp_path / "d.npz"), shape=(2,)))
+        make_source(data_spec(name="npz", path=str(tmp_path / "d.npz"), shape=(2,)))
 
 
 # 8. Every shipped config takes every data key; the README's custom-data example runs ---------
 
 
 def test_every_shipped_config_has_every_data_key():
-    from cmjax.hparams import KNOWN_KEYS
+    import dataclasses
 
-    wanted = KNOWN_KEYS["data"] - {"distribution"}  # toy2d's own
+    wanted = {f.name for f in dataclasses.fields(DataHParams)}
     for spec in ("default", "default:tiny", "toy2d", "cifar10_ict", "imagenet64_ict:tiny"):
         missing = wanted - set(load_config(spec).data)
         assert not missing, (spec, missing)
@@ -372,7 +381,7 @@ def test_readme_custom_data_example_runs_as_written_and_reports_progress(tmp_pat
         "--config.model.channels=8",
     ]
     r = subprocess.run(
-        [sys.executable, "-m", "cmjax.main", *args[1:], *budget],
+        [sys.executable, "-m", "cmjax.cli.train", *args[1:], *budget],
         cwd=tmp_path,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
         capture_output=True,
@@ -400,14 +409,19 @@ def test_readme_custom_data_example_runs_as_written_and_reports_progress(tmp_pat
 def test_cli_wrapper_reports_one_line_and_logs_the_traceback(tmp_path, capsys):
     import errno
 
-    from cmjax.cli import run_cli
-    from cmjax.user_errors import UserError
+    from absl import flags
+
+    from cmjax.cli.runner import Command
+    from cmjax.errors import UserError
 
     def failing(error):
-        def main(argv):
+        def define(fv, argv):
+            flags.DEFINE_string("workdir", str(tmp_path), "where error.log goes", flag_values=fv)
+
+        def main(fv):
             raise error
 
-        return main
+        return Command("cmjax-t", "a test command", define, main, workdir_flag="workdir")
 
     cases = [
         (UserError("config.x is wrong; do y"), 2, "cmjax-t: error: config.x is wrong; do y"),
@@ -416,12 +430,12 @@ def test_cli_wrapper_reports_one_line_and_logs_the_traceback(tmp_path, capsys):
         (KeyboardInterrupt(), 130, "cmjax-t: interrupted"),
     ]
     for error, code, text in cases:
-        assert run_cli("cmjax-t", failing(error), lambda: str(tmp_path), ["cmjax-t"]) == code
+        assert failing(error)(["cmjax-t"]) == code
         (line,) = capsys.readouterr().err.splitlines()
         assert text in line
     log = (tmp_path / "error.log").read_text()
     assert log.count("Traceback") == 3 and "ENOSPC" not in log and "No space left" in log
-    assert run_cli("cmjax-t", failing(UserError("x")), lambda: None, ["cmjax-t", "--verbose"]) == 2
+    assert failing(UserError("x"))(["cmjax-t", "--verbose"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.splitlines()[-1] == "cmjax-t: error: x"
 
@@ -437,88 +451,14 @@ def _start(module, *args, cwd=ROOT):
     )
 
 
-def test_user_errors_of_the_three_clis_are_one_line(trained, tmp_path):
-    """Many bad invocations at once (each subprocess pays the JAX import once)."""
-    a_file = tmp_path / "a_file"
-    a_file.write_text("")
-    no_config = _copy(trained, tmp_path)
-    shutil.rmtree(no_config / "checkpoints" / "20" / "config")
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "samples.npz", arr_0=rng.integers(0, 256, (4, 8, 8, 3), np.uint8))
-    np.savez(tmp_path / "bad_ref.npz", mean=np.zeros(3))
-    (tmp_path / "inception.npz").write_bytes(b"not read before the inputs are checked")
-    train = ["cmjax.main", "--config=configs/toy2d.py", f"--workdir={tmp_path / 'w'}"]
-    fid = [
-        "cmjax.evaluation.fid_cli",
-        f"--samples={tmp_path / 'samples.npz'}",
-        f"--inception={tmp_path / 'inception.npz'}",
-    ]
-    cases = {
-        "misspelled key": (
-            [*train, "--config.optim.learnig_rate=0.1"],
-            "unknown config key config.optim.learnig_rate",
-        ),
-        "missing config": (
-            ["cmjax.main", "--config=configs/nope.py", f"--workdir={tmp_path}"],
-            "config file configs/nope.py not found",
-        ),
-        "batch 0": ([*train, "--config.training.batch_size=0"], "batch_size must be a positive"),
-        "batch vs devices": (
-            [*train, "--config.training.batch_size=12"],
-            "batch_size=12 does not split over 8 devices",
-        ),
-        "workdir is a file": (
-            ["cmjax.main", "--config=configs/toy2d.py", f"--workdir={a_file}"],
-            "is a file; pass a directory",
-        ),
-        "unwritable workdir": (
-            ["cmjax.main", "--config=configs/toy2d.py", "--workdir=/proc/cmjax_test/w"],
-            "cannot create --workdir /proc/cmjax_test/w",
-        ),
-        "missing tfds": (
-            [
-                "cmjax.main",
-                "--config=configs/cifar10_ict.py:tiny",
-                f"--workdir={tmp_path / 'c'}",
-                f"--config.data.data_dir={tmp_path / 'no_tfds'}",
-            ],
-            "tfds build cifar10",
-        ),
-        "num_samples 0": (
-            ["cmjax.sample_cli", f"--workdir={trained}", "--num_samples=0"],
-            "--num_samples must be a positive integer, got 0",
-        ),
-        "checkpoint without config": (
-            ["cmjax.sample_cli", f"--workdir={no_config}", "--num_samples=4"],
-            "checkpoints/20 has no readable config",
-        ),
-        "missing reference": (
-            [*fid, f"--reference={tmp_path / 'nope.npz'}"],
-            "--reference=",
-        ),
-        "malformed reference": (
-            [*fid, f"--reference={tmp_path / 'bad_ref.npz'}"],
-            "holds neither statistics ('mu' and 'sigma') nor images ('arr_0'); found ['mean']",
-        ),
-    }
-    procs = {name: _start(*args) for name, (args, _) in cases.items()}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=600)
-        lines = [ln for ln in err.splitlines() if ln.strip()]
-        assert len(lines) == 1 and proc.returncode == 2, (name, proc.returncode, err)
-        assert cases[name][1] in lines[0], (name, lines[0])
-        assert "Traceback" not in out + err and " INFO " not in out, (name, out)
-    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
-
-
 # 9. Ctrl-C saves the current step and exits cleanly; a second one aborts at once -------------
 
 
 def test_ctrl_c_saves_the_current_step_and_exits_cleanly(tmp_path):
-    from cmjax.checkpoint import latest_step
+    from cmjax.workdir.checkpoint import latest_step
 
     proc = _start(
-        "cmjax.main",
+        "cmjax.cli.train",
         "--config=configs/toy2d.py",
         *TOY_FLAGS,
         "--config.training.total_steps=100000",
@@ -537,8 +477,9 @@ def test_ctrl_c_saves_the_current_step_and_exits_cleanly(tmp_path):
 
 
 def test_second_ctrl_c_aborts_at_once():
-    from cmjax.checkpoint import PreemptionWatcher
+    from cmjax.training.preemption import PreemptionWatcher
 
+    found = signal.getsignal(signal.SIGINT)
     watcher = PreemptionWatcher()
     try:
         os.kill(os.getpid(), signal.SIGINT)
@@ -549,4 +490,137 @@ def test_second_ctrl_c_aborts_at_once():
             time.sleep(1)
     finally:
         watcher.close()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # The watcher restores the handler it found (Python's default, or SIG_IGN when the
+    # suite runs as a background job), not a fixed one.
+    assert signal.getsignal(signal.SIGINT) is found
+
+
+# 10. What issue 27 found: nothing restored unverified, no silent no-op, no partial files ----
+
+
+def test_a_checkpoint_without_its_digest_is_not_trusted(trained, tmp_path, caplog):
+    """The newest checkpoint's digest deleted and its arrays replaced by valid but wrong ones
+    (orbax's own checks pass): it cannot be verified, so it is set aside like a corrupt one
+    and the run resumes from step 10 (before: restored at step 20 without a word)."""
+    workdir = _copy(trained, tmp_path)
+    shutil.rmtree(workdir / "checkpoints" / "20" / "digest")
+    _swap_state(workdir, 20, 10)
+    with caplog.at_level("WARNING", logger="cmjax"):
+        state = train_and_evaluate(_toy_config(total_steps=20), workdir)
+    (warning,) = [r.getMessage() for r in caplog.records if "moved it" in r.getMessage()]
+    assert "has no digest" in warning and "resuming from step 10" in warning
+    assert state_digest(state) == state_digest(read_run(trained, 20).state)
+
+
+def test_a_deleted_array_metadata_file_is_a_damaged_checkpoint(trained, tmp_path, caplog):
+    workdir = _copy(trained, tmp_path)
+    (workdir / "checkpoints" / "20" / "state" / "_METADATA").unlink()
+    with caplog.at_level("WARNING", logger="cmjax"):
+        state = train_and_evaluate(_toy_config(total_steps=20), workdir)
+    (warning,) = [r.getMessage() for r in caplog.records if "moved it" in r.getMessage()]
+    assert "_METADATA" in warning and "resuming from step 10" in warning
+    assert "model code changed" not in warning
+    assert state_digest(state) == state_digest(read_run(trained, 20).state)
+
+
+def test_resuming_with_another_objective_is_refused_and_changes_nothing(trained, tmp_path):
+    workdir = _copy(trained, tmp_path)
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    config = _toy_config(total_steps=30)
+    config.objective = load_config("toy2d:edm").objective
+    config.sampling = load_config("toy2d:edm").sampling
+    with pytest.raises(CheckpointError) as info:
+        train_and_evaluate(config, workdir)
+    message = str(info.value)
+    assert "trained with objective 'ict', not 'edm'" in message and "\n" not in message
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+
+
+def test_resuming_past_total_steps_says_there_is_nothing_to_do(trained, tmp_path, caplog):
+    workdir = _copy(trained, tmp_path)
+    with caplog.at_level("WARNING", logger="cmjax"):
+        state = train_and_evaluate(_toy_config(total_steps=15), workdir)
+    assert int(state.step) == 20
+    (line,) = [r.getMessage() for r in caplog.records if "nothing to train" in r.getMessage()]
+    assert "already at step 20" in line and "total_steps is 15" in line
+
+
+def test_a_full_disk_during_a_save_is_one_line_naming_what_is_intact(tmp_path, monkeypatch):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        if step == 20:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.directory))
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(CheckpointError) as info:
+        train_and_evaluate(_toy_config(total_steps=30), tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "no space left on the device" in message
+    assert "checkpoints/20" in message and "intact (steps 10)" in message
+    assert "rerun the same command to resume from step 10" in message
+    monkeypatch.undo()
+    state = train_and_evaluate(_toy_config(total_steps=30), tmp_path)  # space freed: resumes
+    assert int(state.step) == 30
+
+
+def test_a_truncated_array_file_names_the_file_and_the_reason(trained, tmp_path):
+    workdir = _copy(trained, tmp_path)
+    for data in (workdir / "checkpoints" / "20" / "state").rglob("*"):
+        if data.is_file() and data.parent.name == "d":
+            data.write_bytes(data.read_bytes()[:10])
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        with pytest.raises(CheckpointError) as info:
+            ckpt.restore(parallel.abstract_train_state(_toy_config(), parallel.make_mesh()), 20)
+    finally:
+        ckpt.close()
+    message = str(info.value)
+    assert "checkpoints/20 " in message and "\n" not in message
+    assert "truncated or corrupt" in message or "unreadable metadata" in message
+    assert "<bound method" not in message and " at 0x" not in message
+
+
+def test_a_killed_sample_leaves_no_file_at_the_output_path(trained, tmp_path, monkeypatch):
+    from cmjax.cli import sample as sample_cli
+
+    def dies_while_writing(f, **arrays):
+        f.write(b"PK\x03\x04 the first bytes")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", dies_while_writing)
+    out = tmp_path / "s.npz"
+    argv = ["cmjax-sample", f"--workdir={trained}", "--num_samples=4", f"--out={out}"]
+    assert sample_cli.COMMAND(argv) == 130
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_a_killed_combination_is_never_read_as_a_finished_one(trained, tmp_path, monkeypatch):
+    from cmjax import lcsc
+    from cmjax.cli import sample as sample_cli
+    from cmjax.lcsc import stack
+
+    run = lcsc.load_stacked(trained, include_ema=True)
+    alpha = np.eye(run.num, dtype=np.float32)[0]
+    real = stack.write_text_atomic
+
+    def killed_before_lcsc_json(path, text):
+        if path.name == "lcsc.json":
+            raise KeyboardInterrupt
+        return real(path, text)
+
+    monkeypatch.setattr(stack, "write_text_atomic", killed_before_lcsc_json)
+    out = tmp_path / "combined"
+    with pytest.raises(KeyboardInterrupt):
+        lcsc.write_combined(out, run, alpha)
+    assert not out.exists()  # only combined.partial, which no command reads as a run
+    assert sample_cli.COMMAND(["cmjax-sample", f"--workdir={out}", "--num_samples=4"]) == 2
+    monkeypatch.undo()
+    lcsc.write_combined(out, run, alpha)  # the leftover is replaced, the rerun finishes
+    assert (out / "lcsc.json").is_file() and not (tmp_path / "combined.partial").exists()
+    assert int(read_run(out).state.step) == 20

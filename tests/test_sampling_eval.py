@@ -1,16 +1,15 @@
 """Samplers, FID pieces (Fréchet distance, Inception, weight loading) and the sample/FID CLIs."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmjax import ict, objectives
-from cmjax.config_loading import load_config
+from cmjax import objectives
+from cmjax.cli import fid as fid_cli
+from cmjax.cli import sample as sample_cli
+from cmjax.config.loading import load_config
+from cmjax.core.sampling import SamplerCache, make_sampler, sample
 from cmjax.evaluation import fid
 from cmjax.evaluation.inception import (
     FIDInception,
@@ -18,10 +17,8 @@ from cmjax.evaluation.inception import (
     init_inception,
     load_inception_weights,
 )
-from cmjax.sampling import SamplerCache, make_sampler, sample
-from cmjax.train import train_and_evaluate
-
-ROOT = Path(__file__).resolve().parents[1]
+from cmjax.objectives import ict_schedule as ict
+from cmjax.training.loop import train_and_evaluate
 
 
 def _random_stats(rng, d, n):
@@ -183,7 +180,7 @@ def test_weight_loader_maps_every_tensor_of_the_reference_format(inception_file)
     assert jax.tree.structure(template) == jax.tree.structure(variables)
 
 
-def test_inception_features_and_cli_fid(inception_file, tmp_path):
+def test_inception_features_and_cli_fid(inception_file, tmp_path, capsys):
     path, _ = inception_file
     variables = load_inception_weights(path)
     feats = jax.jit(FIDInception().apply)(variables, jnp.zeros((3, 32, 32, 3)))
@@ -195,24 +192,19 @@ def test_inception_features_and_cli_fid(inception_file, tmp_path):
     np.savez(tmp_path / "b.npz", arr_0=b)
 
     def cli(samples, reference):
-        r = subprocess.run(
+        code = fid_cli.COMMAND(
             [
-                sys.executable,
-                "-m",
-                "cmjax.evaluation.fid_cli",
+                "cmjax-fid",
                 f"--samples={samples}",
                 f"--reference={reference}",
                 f"--inception={path}",
                 "--inception_batch_size=3",
                 f"--save_stats={tmp_path / 'stats.npz'}",
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=600,
+            ]
         )
-        assert r.returncode == 0, r.stderr
-        return float(r.stdout.split("FID ")[1])
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        return float(out.out.split("FID ")[1])
 
     assert abs(cli(tmp_path / "a.npz", tmp_path / "a.npz")) < 1e-2
     assert cli(tmp_path / "a.npz", tmp_path / "b.npz") > 1e-2
@@ -230,7 +222,7 @@ def test_weight_loader_errors(tmp_path):
         load_inception_weights(tmp_path / "partial.npz")
 
 
-ICT = objectives.ICT(schedule=ict.NoiseSchedule(total_steps=10))
+ICT = objectives.ICT(total_steps=10)
 
 
 def _linear_net(variables, x, c, labels, train, rngs=None):
@@ -260,12 +252,13 @@ def test_multistep_with_only_sigma_max_is_one_step_and_noise_is_sqrt_s2_minus_mi
 
 
 def test_sharded_sampling_equals_single_device():
-    from cmjax import create_train_state, parallel
+    from cmjax import create_train_state
+    from cmjax.core import parallel
 
     config = load_config("cifar10_ict:tiny")
     state = create_train_state(config, jax.random.key(0))
     params = jax.tree.map(lambda p: p + 0.01, state.ema_params[0])  # make outputs non-trivial
-    mesh = parallel.make_mesh({})
+    mesh = parallel.make_mesh()
     shape = (8, 32, 32, 3)
     plan = ICT.plan(2)
     one = make_sampler(ICT, state.apply_fn, shape, plan)(params, jax.random.key(1))
@@ -304,11 +297,11 @@ def test_a_runs_grids_and_evaluations_build_each_sampler_once(tmp_path, monkeypa
     proxy's classifier to skip its training, and the state to skip the network's init."""
     from types import SimpleNamespace
 
-    from cmjax import sampling
+    from cmjax.config.hparams import TrainHParams
+    from cmjax.core import sampling
     from cmjax.evaluation import digits_proxy
     from cmjax.evaluation.evaluator import make_evaluator
-    from cmjax.hparams import TrainHParams
-    from cmjax.train import _write_samples
+    from cmjax.training.reporting import write_samples
 
     built = []
 
@@ -325,9 +318,9 @@ def test_a_runs_grids_and_evaluations_build_each_sampler_once(tmp_path, monkeypa
     state = SimpleNamespace(ema_params=({},), apply_fn=_linear_net)
     samplers = sampling.SamplerCache(hp.objective, state.apply_fn)
     writer = _ImageWriter()
-    evaluate = make_evaluator(config, samplers)
+    evaluate = make_evaluator(hp, samplers)
     for step in (2, 4, 6):
-        _write_samples(config, hp, state, tmp_path, writer, step, samplers)
+        write_samples(hp, state, tmp_path, writer, step, samplers)
         scores = evaluate(state)
         assert (scores["digits_fd_proxy_1step"], scores["digits_fd_proxy_2step"]) == (16, 16)
     assert writer.steps == [2, 4, 6]
@@ -340,39 +333,29 @@ def test_a_runs_grids_and_evaluations_build_each_sampler_once(tmp_path, monkeypa
     ]
 
 
-def test_two_step_beats_one_step_on_toy_data_and_sample_cli(tmp_path):
+def _eval_scores(caplog, step):
+    """The scores of the loop's 'eval at step N' line."""
+    line = next(r.getMessage() for r in caplog.records if f"eval at step {step}" in r.getMessage())
+    return dict(zip(line.split()[4::2], map(float, line.split()[5::2]), strict=True))
+
+
+def test_two_step_beats_one_step_on_toy_data_and_sample_cli(tmp_path, caplog, capsys):
     """The trained toy model: 2-step samples closer to held-out data than 1-step ones."""
     config = load_config("toy2d")
     config.training.update(total_steps=800, batch_size=256)
     config.eval.update(every_steps=800, num_samples=4000)
     config.checkpoint.every_steps = 800
-    state = train_and_evaluate(config, tmp_path)
-    from cmjax.evaluation.evaluator import make_evaluator
-
-    scores = make_evaluator(config)(state)
+    with caplog.at_level("INFO", logger="cmjax"):
+        train_and_evaluate(config, tmp_path)
+    scores = _eval_scores(caplog, 800)
     assert scores["sw_2step"] < scores["sw_1step"], scores
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cmjax.sample_cli",
-            f"--workdir={tmp_path}",
-            "--num_samples=10",
-            "--batch_size=8",
-            "--steps=2",
-            f"--out={tmp_path / 's.npz'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "consistency at [80, 2] (2 NFE)" in r.stdout
+    argv = ["cmjax-sample", f"--workdir={tmp_path}", "--num_samples=10", "--batch_size=8"]
+    assert sample_cli.COMMAND([*argv, "--steps=2", f"--out={tmp_path / 's.npz'}"]) == 0
+    assert "consistency at [80, 2] (2 NFE)" in capsys.readouterr().out
     assert np.load(tmp_path / "s.npz")["arr_0"].shape == (10, 2)
 
 
-def test_image_sample_cli_and_in_loop_fid(inception_file, tmp_path, caplog):
+def test_image_sample_cli_and_in_loop_fid(inception_file, tmp_path, caplog, capsys):
     """Digits (tiny): cmjax-sample writes uint8 + labels + PNG; the FID evaluator runs."""
     path, _ = inception_file
     config = load_config("default:tiny")
@@ -388,26 +371,11 @@ def test_image_sample_cli_and_in_loop_fid(inception_file, tmp_path, caplog):
     )
     with caplog.at_level("INFO", logger="cmjax"):
         train_and_evaluate(config, tmp_path / "run")
-    line = next(r.getMessage() for r in caplog.records if "eval at step 6" in r.getMessage())
-    scores = dict(zip(line.split()[4::2], map(float, line.split()[5::2]), strict=True))
+    scores = _eval_scores(caplog, 6)
     assert set(scores) == {"fid_1step", "fid_2step"}
     assert all(np.isfinite(v) and v > 0 for v in scores.values())
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cmjax.sample_cli",
-            f"--workdir={tmp_path / 'run'}",
-            "--num_samples=10",
-            "--batch_size=8",
-            "--steps=2",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
+    argv = ["cmjax-sample", f"--workdir={tmp_path / 'run'}", "--num_samples=10", "--batch_size=8"]
+    assert sample_cli.COMMAND([*argv, "--steps=2"]) == 0, capsys.readouterr().err
     out = np.load(tmp_path / "run" / "samples_6_2step.npz")
     assert out["arr_0"].shape == (10, 8, 8, 1) and out["arr_0"].dtype == np.uint8
     assert out["arr_1"].shape == (10,) and out["arr_1"].max() < 10

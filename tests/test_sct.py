@@ -9,19 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import dataset, save_run
 
 from cmjax import create_train_state, make_train_step
-from cmjax.config_loading import load_config
-from cmjax.data import make_dataset
-from cmjax.errors import ConfigError
-from cmjax.hparams import TrainHParams
+from cmjax.config.hparams import TrainHParams
+from cmjax.config.loading import load_config
+from cmjax.errors import CheckpointError, ConfigError
 from cmjax.models import build_model
 from cmjax.objectives import SCD, SCT, TrigFlow
-from cmjax.objectives.trigflow import (
-    draw_training_noise,
-    network_and_tangent,
-    trig_consistency_fn,
-)
+from cmjax.objectives.scm import network_and_tangent
+from cmjax.objectives.trigflow import draw_training_noise, trig_consistency_fn
+from cmjax.workdir.frozen import load_frozen
+from cmjax.workdir.runs import read_run
 
 SD = 0.5
 
@@ -335,7 +334,7 @@ def test_sct_toy_run_has_no_nan_and_the_weight_learns():
     config.training.update(total_steps=120, batch_size=128)
     step = jax.jit(make_train_step(config), donate_argnums=0)
     state = create_train_state(config, jax.random.key(0))
-    data = make_dataset(config)
+    data = dataset(config)
     history = []
     for k in range(120):
         state, m = step(state, data.batch(k))
@@ -371,43 +370,70 @@ def test_trigflow_config_constants_and_plans():
 # --- sCD: the frozen teacher ------------------------------------------------------------------
 
 
-def test_scd_reads_the_teacher_into_frozen_and_never_changes_it(trigflow_teacher, tmp_path):
-    workdir = trigflow_teacher(hidden=32, depth=2)
+def _scd(teacher: str | None = None, hidden: int = 32):
     config = load_config("toy2d:two_moons,scd")
-    config.model.update(hidden=32, depth=2)
-    config.objective.teacher = workdir
+    config.model.update(hidden=hidden, depth=2)
     config.training.update(total_steps=3, batch_size=64)
-    state = create_train_state(config, jax.random.key(0))
-    from cmjax.teacher import load_run_ema
+    if teacher is not None:
+        config.objective.teacher = teacher
+    return TrainHParams.from_config(config)
 
-    _, teacher, _ = load_run_ema(workdir)
-    for a, b in zip(jax.tree.leaves(state.frozen), jax.tree.leaves(teacher), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    step = jax.jit(make_train_step(config))
-    data = make_dataset(config)
+
+def test_scd_reads_the_teacher_into_frozen_and_never_changes_it(trigflow_teacher):
+    workdir = trigflow_teacher(hidden=32, depth=2)
+    hp = _scd(workdir)
+    state = create_train_state(hp, jax.random.key(0), frozen=load_frozen(hp))
+    teacher = read_run(workdir).state.ema_params[0]
+    _assert_equal(state.frozen["teacher"], teacher)
+    step = jax.jit(make_train_step(hp))
+    data = dataset(hp)
     new, m = step(state, data.batch(0))
     assert np.isfinite(float(m["loss"]))
-    for a, b in zip(jax.tree.leaves(new.frozen), jax.tree.leaves(teacher), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _assert_equal(new.frozen["teacher"], teacher)
     # dx/dt is the teacher's velocity: another teacher gives another loss.
     other = jax.tree.map(lambda p: p * 1.1, state.frozen)
     _, m2 = step(state.replace(frozen=other), data.batch(0))
     assert float(m2["loss"]) != float(m["loss"])
 
 
+def _assert_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_scd_distills_a_teacher_of_another_architecture(trigflow_teacher):
+    """The teacher builds its own network from its own saved config: a 16-wide student reads
+    a 32-wide teacher, whose velocity (not the student's network) gives dx/dt."""
+    hp = _scd(trigflow_teacher(hidden=32, depth=2), hidden=16)
+    frozen = load_frozen(hp)
+    state = create_train_state(hp, jax.random.key(0), frozen=frozen)
+    assert state.frozen["teacher"]["Dense_0"]["kernel"].shape[-1] == 32
+    assert state.params["net"]["Dense_0"]["kernel"].shape[-1] == 16
+    x, t = jnp.ones((4, 2)) * 0.3, jnp.full((4,), 0.7)
+    teacher = frozen["teacher"]
+    want = teacher.objective.velocity(teacher.apply_fn, teacher.params, x, t)
+    got = hp.objective.dxdt(None, state.nets().frozen, None, None, x, t, None)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    _, m = jax.jit(make_train_step(hp))(state, dataset(hp).batch(0))
+    assert np.isfinite(float(m["loss"]))
+
+
 def test_scd_teacher_errors_are_one_clear_line(trigflow_teacher, tmp_path):
-    config = load_config("toy2d:two_moons,scd")
-    config.model.update(hidden=32, depth=2)
-    with pytest.raises(ConfigError, match="config.objective.teacher"):
-        create_train_state(config, jax.random.key(0))
-    config.objective.teacher = str(tmp_path)
-    with pytest.raises(ConfigError, match="not a work directory"):
-        create_train_state(config, jax.random.key(0))
-    config.objective.teacher = trigflow_teacher(hidden=32, depth=2)
-    config.model.update(hidden=16)
-    with pytest.raises(ConfigError, match="same config.model"):
-        create_train_state(config, jax.random.key(0))
-    assert isinstance(TrainHParams.from_config(config).objective, SCD)
+    with pytest.raises(ConfigError, match="config.objective.teacher is not set"):
+        load_frozen(_scd())
+    with pytest.raises(CheckpointError, match="config.objective.teacher=.* neither a work"):
+        load_frozen(_scd(str(tmp_path)))
+    not_trigflow = load_config("toy2d:two_moons,ict")
+    not_trigflow.model.update(hidden=32, depth=2)
+    ict_run = save_run(
+        tmp_path / "ict", create_train_state(not_trigflow, jax.random.key(0)), not_trigflow
+    )
+    with pytest.raises(ConfigError, match="trained with objective 'ict'.*'trigflow'"):
+        load_frozen(_scd(ict_run))
+    hp = _scd(trigflow_teacher(hidden=32, depth=2))
+    with pytest.raises(ConfigError, match="load them once with cmjax.load_frozen"):
+        create_train_state(hp, jax.random.key(0))
+    assert isinstance(hp.objective, SCD)
 
 
 @pytest.mark.parametrize(
@@ -419,8 +445,9 @@ def test_scd_teacher_errors_are_one_clear_line(trigflow_teacher, tmp_path):
     ],
 )
 def test_paper_configs(spec, objective, dropout, pstd, batch):
-    """OBJECTIVES.md §4's constants: P_mean/P_std, RAdam 1e-4 (0.9, 0.99), dropout, batch, EMA
-    half-life 0.5 M images, tangent warmup 10k, c = 0.1, t_mid = 1.1, positional c_noise(t)."""
+    """The constants of docs/objectives.md (sCT and sCD): P_mean/P_std, RAdam 1e-4 (0.9, 0.99),
+    dropout, batch, EMA half-life 0.5 M images, tangent warmup 10k, c = 0.1, t_mid = 1.1,
+    positional c_noise(t)."""
     config = load_config(spec)
     hp = TrainHParams.from_config(config)
     obj = hp.objective

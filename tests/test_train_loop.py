@@ -13,11 +13,12 @@ import jax
 import numpy as np
 import pytest
 
-from cmjax import parallel
-from cmjax.checkpoint import Checkpointer, CheckpointError, latest_step
-from cmjax.config_loading import load_config
-from cmjax.hparams import ConfigError
-from cmjax.train import NonFiniteError, train_and_evaluate
+from cmjax.config.hparams import ConfigError
+from cmjax.config.loading import load_config
+from cmjax.core import parallel
+from cmjax.errors import NonFiniteError
+from cmjax.training.loop import train_and_evaluate
+from cmjax.workdir.checkpoint import Checkpointer, CheckpointError, latest_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +45,7 @@ def _overrides(config):
 
 
 def _cli(workdir, config, devices=8, extra_env=None):
-    """Start ``python -m cmjax.main`` on the toy config with ``devices`` fake CPU devices."""
+    """Start ``python -m cmjax.cli.train`` on the toy config with ``devices`` fake CPU devices."""
     env = dict(os.environ)
     kept = [f for f in env["XLA_FLAGS"].split() if "host_platform_device_count" not in f]
     env["XLA_FLAGS"] = " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
@@ -52,7 +53,7 @@ def _cli(workdir, config, devices=8, extra_env=None):
     cmd = [
         sys.executable,
         "-m",
-        "cmjax.main",
+        "cmjax.cli.train",
         f"--config={ROOT}/configs/toy2d.py",
         f"--workdir={workdir}",
         *_overrides(config),
@@ -76,7 +77,7 @@ def _wait_for_checkpoint(workdir, proc, timeout=600):  # slow on a loaded 2-core
 
 
 def _restore(workdir, config, devices=None):
-    mesh = parallel.make_mesh({}, devices=devices)
+    mesh = parallel.make_mesh(devices=devices)
     ckpt = Checkpointer(workdir, read_only=True)
     try:
         return ckpt.restore(parallel.abstract_train_state(config, mesh))
@@ -217,7 +218,7 @@ def test_config_typos_are_named(tmp_path):
         [
             sys.executable,
             "-m",
-            "cmjax.main",
+            "cmjax.cli.train",
             f"--config={ROOT}/configs/toy2d.py",
             f"--workdir={tmp_path}",
             "--config.optim.learnig_rate=0.1",

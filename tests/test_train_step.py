@@ -9,10 +9,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cmjax import ConfigError, TrainHParams, create_train_state, make_train_step
-from cmjax.consistency import consistency_fn, student_teacher_outputs
+from cmjax.core.sampling import sample
 from cmjax.data.toy2d import sample_toy
 from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
-from cmjax.sampling import sample
+from cmjax.objectives.preconditioning import consistency_fn, student_teacher_outputs
 
 
 def _image_batch(config, key, n=None):
@@ -232,14 +232,15 @@ def test_default_loss_c_follows_data_dimension(image_config):
 
 def test_fsdp_shards_parameters_and_matches_replicated(image_config):
     """mesh.fsdp=4: large leaves split over 'fsdp', same step result as the replicated mesh."""
-    from cmjax import parallel
+    from cmjax.config.hparams import MeshHParams
+    from cmjax.core import parallel
 
     image_config.model.channels = 16
     step = make_train_step(image_config)
     batch = _image_batch(image_config, jax.random.key(10))
     results = {}
     for fsdp in (1, 4):
-        mesh = parallel.make_mesh({"fsdp": fsdp})
+        mesh = parallel.make_mesh(MeshHParams(fsdp=fsdp))
         abstract = parallel.abstract_train_state(image_config, mesh)
         state = parallel.create_sharded_train_state(image_config, abstract, jax.random.key(0))
         jitted = parallel.jit_train_step(step, abstract, mesh, {"x": 4})

@@ -1,9 +1,11 @@
 """Data: step-indexed deterministic batches from TFDS, files, scikit-learn digits or toy 2-D.
 
-``make_dataset(config, process_index, process_count).batch(step)`` gives this process's batch.
+``make_dataset(hp.data, hp.training.batch_size, hp.seed, process_index, process_count)
+.batch(step)`` gives this process's batch.
 """
 
 from cmjax.data.pipeline import Dataset, make_dataset, make_source
-from cmjax.data.sources import DataError
+from cmjax.data.spec import DataHParams
+from cmjax.errors import DataError
 
-__all__ = ["DataError", "Dataset", "make_dataset", "make_source"]
+__all__ = ["DataError", "DataHParams", "Dataset", "make_dataset", "make_source"]

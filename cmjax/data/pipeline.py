@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 
 from cmjax.data import sources
+from cmjax.data.spec import DataHParams
 
 Batch = dict[str, np.ndarray]
 
@@ -96,60 +96,49 @@ TFDS_NAMES = {"cifar10": ("cifar10", False), "imagenet64": ("imagenet_resized/64
 SOURCES = ("toy2d", "digits", "cifar10", "imagenet64", "tfds", "npz", "image_folder", "prepared")
 
 
-def data_source_keys() -> dict[str, Any]:
-    """The optional keys of every source, unset, for every shipped config's data section:
-    so ``--config.data.path=...`` (and the rest) work on any config from the command line."""
-    return dict(path="", data_dir="", tfds_name="", split="train", resize=False)
-
-
-def make_source(data: Mapping[str, Any], seed: int = 0):
-    """The record source named by ``config.data.name``."""
-    name = data.get("name")
-    shape = tuple(data["shape"])
-    num_classes = int(data.get("num_classes", 0))
-    resize = bool(data.get("resize", False))
+def make_source(data: DataHParams, seed: int = 0):
+    """The record source named by ``data.name`` (``hp.data``)."""
+    name, shape, num_classes = data.name, tuple(data.shape), data.num_classes
     if name == "toy2d":
-        return sources.ToyStream(data.get("distribution", "gaussian_mixture"), seed)
+        return sources.ToyStream(data.distribution, seed)
     if name == "digits":
         src = sources.digits_source()
-        src = sources.ArraySource(
-            sources.resize_images(src.x, shape, "digits", resize),
+        return sources.ArraySource(
+            sources.resize_images(src.x, shape, "digits", data.resize),
             src.labels if num_classes else None,
             "digits",
         )
-        return src
     if name in TFDS_NAMES or name == "tfds":
-        tfds_name, labelled = TFDS_NAMES.get(name, (data.get("tfds_name"), num_classes > 0))
+        tfds_name, labelled = TFDS_NAMES.get(name, (data.tfds_name, num_classes > 0))
         if not tfds_name:
             raise sources.DataError("config.data.name='tfds' needs config.data.tfds_name")
         if num_classes and not labelled:
             raise sources.DataError(f"{tfds_name} is used unconditionally; set num_classes=0")
         return sources.TFDSSource(
-            tfds_name,
-            data.get("split", "train"),
-            data.get("data_dir") or None,
-            with_labels=num_classes > 0,
+            tfds_name, data.split, data.data_dir or None, with_labels=num_classes > 0
         )
     if name == "npz":
-        return sources.npz_source(data.get("path", ""), shape, num_classes, resize)
+        return sources.npz_source(data.path, shape, num_classes, data.resize)
     if name == "image_folder":
-        return sources.image_folder_source(data.get("path", ""), shape, num_classes, resize)
+        return sources.image_folder_source(data.path, shape, num_classes, data.resize)
     if name == "prepared":
-        return sources.prepared_source(data.get("path", ""), shape, num_classes)
+        return sources.prepared_source(data.path, shape, num_classes)
     raise sources.DataError(f"unknown config.data.name {name!r}; choose one of {SOURCES}")
 
 
 def make_dataset(
-    config: Mapping[str, Any], process_index: int = 0, process_count: int = 1
+    data: DataHParams,
+    batch_size: int,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Dataset:
-    """The training Dataset of a full config (data section, batch size, seed)."""
-    data = config["data"]
-    source = make_source(data, seed=int(config.get("seed", 0)))
+    """The training Dataset of a run: ``hp.data``, ``hp.training.batch_size``, ``hp.seed``."""
     return Dataset(
-        source,
-        global_batch_size=int(config["training"]["batch_size"]),
-        seed=int(config.get("seed", 0)),
-        random_flip=bool(data.get("random_flip", False)),
+        make_source(data, seed=seed),
+        global_batch_size=batch_size,
+        seed=seed,
+        random_flip=data.random_flip,
         process_index=process_index,
         process_count=process_count,
     )

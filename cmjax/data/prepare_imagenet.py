@@ -1,4 +1,4 @@
-"""``cmjax-prepare-imagenet --src=train/ --out=imagenet64_adm/ [--image-size=64] [--workers=N]``.
+"""Preprocess ImageNet as ADM did into cmjax's prepared format (``cmjax-prepare-imagenet``).
 
 Turns a tree of training images into cmjax's prepared format, preprocessed exactly as ADM /
 consistency models made their ImageNet reference batches (``cmjax.data.adm_preprocess``):
@@ -20,13 +20,11 @@ every record is written, so an unfinished folder never looks complete.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,14 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from cmjax.data import adm_preprocess
+from cmjax.errors import PrepareError
 
 FORMAT = "cmjax-prepared-v1"
 PARTIAL = "images.partial.npy"
 PROGRESS = "progress.json"
-
-
-class PrepareError(Exception):
-    """Bad input or output; the message is one line that says what to do."""
 
 
 def list_images(src: str | Path) -> tuple[list[str], list[int], list[str]]:
@@ -141,7 +136,7 @@ def prepare(
     continue). Raises PrepareError (one line) for bad input or an unreadable image.
     """
     if image_size < 1 or chunk_size < 1 or workers < 1:
-        raise PrepareError("--image-size, --chunk-size and --workers must be positive")
+        raise PrepareError("--image_size, --chunk_size and --workers must be positive")
     src, out = Path(src), Path(out)
     paths, labels, classes = list_images(src)
     n = len(paths)
@@ -247,50 +242,3 @@ def _worker_signals() -> None:
     """Ctrl-C and kill reach the parent, which stops the workers: no worker tracebacks."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _stop_on_sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="cmjax-prepare-imagenet",
-        description="Preprocess ImageNet training images as ADM did, into cmjax's "
-        "memory-mapped format (config.data.name='prepared', config.data.path=OUT).",
-    )
-    parser.add_argument("--src", required=True, help="train/ folder: <class>/<images>")
-    parser.add_argument("--out", required=True, help="output folder (resumable)")
-    parser.add_argument("--image-size", type=int, default=64, help="side S (default 64)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="images per chunk")
-    parser.add_argument(
-        "--max-chunks", type=int, default=None, help="stop after this many chunks (resumable)"
-    )
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    try:
-        prepare(  # an unfinished run (--max-chunks) says so; it resumes later
-            args.src,
-            args.out,
-            image_size=args.image_size,
-            workers=args.workers,
-            chunk_size=args.chunk_size,
-            max_chunks=args.max_chunks,
-            log=lambda line: print(line, flush=True),
-        )
-    except PrepareError as e:
-        print(f"cmjax-prepare-imagenet: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("cmjax-prepare-imagenet: interrupted; run again to continue", file=sys.stderr)
-        return 130
-    return 0
-
-
-def run() -> None:
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    run()

@@ -14,14 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cmjax.user_errors import UserError
+from cmjax.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 log = logging.getLogger("cmjax")
-
-
-class DataError(UserError, ValueError):
-    """Data is missing or malformed; the message says which file and what to do."""
 
 
 def _size_mismatch(where: str, found: Sequence[int], shape: Sequence[int]) -> DataError:
@@ -329,7 +325,7 @@ def prepared_source(path: str, shape: Sequence[int], num_classes: int) -> ArrayS
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != tuple(shape):
         raise DataError(
             f"{root}/images.npy is {x.dtype} {x.shape}, config.data.shape is {tuple(shape)}; "
-            "prepare with a matching --image-size or change config.data.shape"
+            "prepare with a matching --image_size or change config.data.shape"
         )
     if len(labels) != len(x):
         raise DataError(f"{root}: {len(x)} images but {len(labels)} labels")

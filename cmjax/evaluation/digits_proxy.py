@@ -129,7 +129,7 @@ def _frechet(features_NxD: np.ndarray, reference: tuple[np.ndarray, np.ndarray])
     return frechet_distance(*activation_statistics(features_NxD), *reference)
 
 
-def applies_to(config) -> bool:
-    """Whether ``config`` trains on the embedded 8x8 digits (so the proxy can score it)."""
-    data = config.get("data", {})
-    return data.get("name") == "digits" and tuple(data.get("shape", ())) == IMAGE_SHAPE
+def applies_to(data_name: str, shape: tuple[int, ...]) -> bool:
+    """Whether a run on data ``data_name`` of example ``shape`` trains on the embedded 8x8
+    digits (so the proxy can score it)."""
+    return data_name == "digits" and tuple(shape) == IMAGE_SHAPE

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from cmjax.errors import StatsError
 from cmjax.evaluation.inception import FIDInception
-
-
-class StatsError(ValueError):
-    """Reference statistics are missing or malformed."""
 
 
 def activation_statistics(features_NxD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +54,11 @@ def load_reference_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             f"reference statistics {path} not found; compute them with "
             "`cmjax-fid --reference=<dataset npz> --save_stats=<out.npz>`"
         )
-    with np.load(path) as f:
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise StatsError(f"reference statistics {path} are not a readable .npz") from e
+    with f:
         if "mu" not in f or "sigma" not in f:
             raise StatsError(f"{path} needs arrays 'mu' and 'sigma', found {sorted(f.files)}")
         mu, sigma = f["mu"], f["sigma"]

@@ -13,6 +13,7 @@ Nothing is downloaded here; point ``config.eval.inception_path`` (or ``--incepti
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+
+from cmjax.errors import WeightsError
 
 BN_EPS = 1e-3
 
@@ -177,10 +180,6 @@ class FIDInception(nn.Module):
         return jnp.mean(x, axis=(1, 2))
 
 
-class WeightsError(ValueError):
-    """The Inception weight file is missing or does not match the network."""
-
-
 def init_inception(rng=None):
     """Randomly initialized variables (for tests and shape checks)."""
     rng = jax.random.key(0) if rng is None else rng
@@ -196,6 +195,17 @@ _TORCH_TO_FLAX = {
 }
 _IGNORED_SUFFIXES = ("num_batches_tracked",)
 _IGNORED_PREFIXES = ("fc.",)  # the 1008-way classifier: not part of pool_3 features
+
+
+def _open_npz(path: Path, what: str):
+    """``np.load`` of an .npz without pickles, or a WeightsError naming the file."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise WeightsError(
+            f"{what} {path} is not a readable .npz ({type(e).__name__}); convert pytorch-fid's "
+            ".pth as described in cmjax/evaluation/inception.py"
+        ) from e
 
 
 def load_inception_weights(path: str | Path):
@@ -214,7 +224,7 @@ def load_inception_weights(path: str | Path):
     template = jax.eval_shape(init_inception)
     flat_template = traverse_util.flatten_dict(template)
     filled: dict[tuple[str, ...], np.ndarray] = {}
-    with np.load(path) as tensors:
+    with _open_npz(path, "Inception weights") as tensors:
         for key in tensors.files:
             if key.endswith(_IGNORED_SUFFIXES) or key.startswith(_IGNORED_PREFIXES):
                 continue

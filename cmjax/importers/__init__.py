@@ -22,7 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cmjax.importers.common import CheckpointImportError, write_workdir
+from cmjax.errors import CheckpointImportError
+from cmjax.importers.common import write_workdir
 
 FORMATS = ("cm_cifar10", "cm_imagenet64", "edm")
 
@@ -45,6 +46,8 @@ def import_checkpoint(source: str | Path, fmt: str = "auto", **options: Any) -> 
     ``options`` go to the format's importer (``weights``, ``image_size``, ``attn_resolutions``
     ...; see each module).
     """
+    if not Path(source).is_file():
+        raise CheckpointImportError(f"--source={source} is not a file; pass the checkpoint file")
     fmt = detect_format(source) if fmt == "auto" else fmt
     if fmt == "cm_cifar10":
         from cmjax.importers.cm_cifar10 import import_cm_cifar10

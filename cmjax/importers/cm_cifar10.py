@@ -166,7 +166,7 @@ def import_cm_cifar10(
         num_classes=0,
         model=model,
         objective="ict",
-        sampling=dict(two_step_sigma=0.821),
+        sampling={},  # the iCT sampler defaults (two_step_sigma 0.821)
         ema_rates=(ema_rate,),
     )
     return config, params

@@ -21,11 +21,14 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from ml_collections import config_dict
 
-from cmjax.config_defaults import add_run_sections, objective_section, optim_section
-
-
-class CheckpointImportError(ValueError):
-    """A published checkpoint cannot be imported; the message says which parameter and why."""
+from cmjax.config.sections import (
+    add_run_sections,
+    data_section,
+    objective_section,
+    optim_section,
+)
+from cmjax.errors import CheckpointImportError
+from cmjax.models import build_model
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,6 @@ def abstract_network_params(
     model_config: Mapping[str, Any], shape: tuple[int, ...], num_classes: int
 ) -> Any:
     """The parameter shapes of the cmjax network ``model_config`` (nothing allocated)."""
-    from cmjax.models import build_model
 
     settings = describe({**model_config, "image_shape": tuple(shape)})
     try:
@@ -152,9 +154,7 @@ def make_config(
     """
     config = config_dict.ConfigDict()
     config.seed = 0
-    config.data = config_dict.ConfigDict(
-        dict(name=data_name, shape=tuple(shape), num_classes=num_classes, random_flip=True)
-    )
+    config.data = data_section(data_name, tuple(shape), num_classes=num_classes, random_flip=True)
     config.model = config_dict.ConfigDict(dict(model))
     config.objective = objective_section(objective, **dict(objective_overrides or {}))
     config.optim = optim_section()
@@ -173,10 +173,9 @@ def write_workdir(
 
     ``cmjax-sample``, ``cmjax-fid`` and ``config.init_from`` read it like a trained run.
     """
-    from cmjax.checkpoint import Checkpointer
-    from cmjax.hparams import TrainHParams
-    from cmjax.models import build_model
-    from cmjax.train_state import TrainState, make_optimizer
+    from cmjax.config.hparams import TrainHParams
+    from cmjax.core.state import TrainState, optimizer
+    from cmjax.workdir.checkpoint import Checkpointer
 
     workdir = Path(workdir)
     if (workdir / "checkpoints").exists() and any((workdir / "checkpoints").iterdir()):
@@ -184,16 +183,15 @@ def write_workdir(
             f"{workdir} already holds checkpoints; import into a new --workdir"
         )
     hp = TrainHParams.from_config(config)
-    model = build_model(config.model)
-    tx = make_optimizer(hp.optim)
+    tx = optimizer(hp.optim)
     net = jax.tree.map(jnp.asarray, net_params)
-    params = hp.objective.init_params(net, jax.random.key(config.seed))
+    params = hp.objective.init_params(net, jax.random.key(hp.seed))
     state = TrainState(
         step=jnp.asarray(step, jnp.int32),
         params=params,
         ema_params=tuple(jax.tree.map(jnp.copy, params) for _ in hp.ema_rates),
         opt_state=tx.init(params),
-        apply_fn=model.apply,
+        model=hp.model,
         tx=tx,
         ema_rates=hp.ema_rates,
     )

@@ -24,12 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cmjax.importers.common import CheckpointImportError
-
-
-class UnsafePickleError(CheckpointImportError):
-    """The pickle names something outside the allow-list; nothing from it was called."""
-
+from cmjax.errors import CheckpointImportError, UnsafePickleError
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
@@ -324,9 +319,24 @@ def load(path: str | Path) -> Any:
         return _load(path)
     except CheckpointImportError:
         raise
-    except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, KeyError) as e:
+    except (
+        zipfile.BadZipFile,
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        struct.error,
+        UnicodeDecodeError,
+        RecursionError,
+        MemoryError,  # a length field that asks for more than the file holds
+        OverflowError,
+    ) as e:  # a malformed file: its bytes, not our code
+        text = " ".join(str(e).split())[:200]
         raise CheckpointImportError(
-            f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}); is the "
+            f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {text}); is the "
             "download complete?"
         ) from None
 

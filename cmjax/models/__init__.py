@@ -66,4 +66,9 @@ def build_model(model_config: Mapping[str, Any]) -> nn.Module:
     return cls(**kwargs)
 
 
-__all__ = ["MLP", "MODELS", "ADMUNet", "DDPMpp", "NCSNpp", "SmallUNet", "build_model"]
+def model_name(model: nn.Module) -> str:
+    """The ``config.model.name`` of a built network (its class name if unregistered)."""
+    return next((n for n, c in MODELS.items() if type(model) is c), type(model).__name__)
+
+
+__all__ = ["MLP", "MODELS", "ADMUNet", "DDPMpp", "NCSNpp", "SmallUNet", "build_model", "model_name"]

@@ -1,28 +1,38 @@
-"""Training objectives behind ``config.objective.name``; see ``cmjax.objectives.base``.
+"""Training objectives and methods behind ``config.objective.name``; the seam is
+``cmjax.objectives.base``, the equations are in docs/objectives.md.
 
-| name | what | spec |
+| name | what | docs/objectives.md |
 | --- | --- | --- |
-| ``ict`` | consistency training from scratch (Song & Dhariwal 2023) | DESIGN.md §1 |
-| ``edm`` | EDM diffusion, Heun sampler (Karras et al. 2022) | OBJECTIVES.md §2 |
-| ``ect`` | easy consistency tuning, from scratch or an EDM run (Geng et al.) | OBJECTIVES.md §3 |
-| ``trigflow`` | TrigFlow diffusion, DDIM sampler (Lu & Song 2024) | OBJECTIVES.md §4 |
-| ``sct`` | continuous-time consistency training (Lu & Song 2024) | OBJECTIVES.md §4 |
-| ``scd`` | continuous-time consistency distillation from a TrigFlow teacher | OBJECTIVES.md §4 |
-| ``meanflow`` | average-velocity flow, 1-step sampling (Geng et al. 2025) | OBJECTIVES.md §5 |
+| ``ict`` | consistency training from scratch (Song & Dhariwal 2023), iLCT switches | iCT |
+| ``edm`` | EDM diffusion, Heun sampler (Karras et al. 2022) | EDM |
+| ``ect`` | easy consistency tuning, from scratch or an EDM run (Geng et al. 2024) | ECT |
+| ``trigflow`` | TrigFlow diffusion, DDIM sampler (Lu & Song 2024) | TrigFlow |
+| ``sct`` | continuous-time consistency training (Lu & Song 2024) | sCT and sCD |
+| ``scd`` | continuous-time consistency distillation from a TrigFlow teacher | sCT and sCD |
+| ``meanflow`` | average-velocity flow, 1-step sampling (Geng et al. 2025) | MeanFlow |
+
+A method of your own plugs in with :func:`register_objective` (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from cmjax.errors import ConfigError
-from cmjax.objectives.base import Objective, ObjectiveContext, SamplerPlan
+from cmjax.objectives.base import (
+    GENERATOR,
+    Frozen,
+    FrozenNetwork,
+    FrozenSpec,
+    Nets,
+    Objective,
+    ObjectiveContext,
+    Player,
+    SamplerPlan,
+)
 from cmjax.objectives.ect import ECT
 from cmjax.objectives.edm import EDM
 from cmjax.objectives.ict import ICT
 from cmjax.objectives.meanflow import MeanFlow
-from cmjax.objectives.trigflow import SCD, SCT, TrigFlow
+from cmjax.objectives.scm import SCD, SCT
+from cmjax.objectives.trigflow import TrigFlow
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "ict": ICT,
@@ -35,41 +45,35 @@ OBJECTIVES: dict[str, type[Objective]] = {
 }
 
 
-def objective_section(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config.objective`` as a dict; a config saved before objectives (``config.ict``) is iCT."""
-    if "objective" in config:
-        return dict(config["objective"])
-    if "ict" in config:  # work directories written by cmjax 0.1
-        return {"name": "ict", **dict(config["ict"])}
-    raise ConfigError(
-        "config has no section 'objective'; add config.objective.name (one of "
-        f"{sorted(OBJECTIVES)}), see configs/default.py"
-    )
-
-
-def build_objective(config: Mapping[str, Any], ctx: ObjectiveContext) -> Objective:
-    """The objective named by ``config.objective.name``, its keys validated."""
-    section = objective_section(config)
-    name = section.get("name")
-    if name not in OBJECTIVES:
-        raise ConfigError(
-            f"unknown config.objective.name {name!r}; choose one of {sorted(OBJECTIVES)}"
-        )
-    return OBJECTIVES[name].from_config(section, ctx)
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    """Make ``cls`` available as ``config.objective.name = cls.name`` (usable as a class
+    decorator). A run of a registered objective resumes in a process that registered it."""
+    if not (isinstance(cls, type) and issubclass(cls, Objective)) or not getattr(cls, "name", ""):
+        raise TypeError(f"{cls!r} is not an Objective subclass with a name")
+    existing = OBJECTIVES.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise ValueError(f"objective name {cls.name!r} is taken by {existing.__name__}")
+    OBJECTIVES[cls.name] = cls
+    return cls
 
 
 __all__ = [
     "ECT",
     "EDM",
+    "GENERATOR",
     "ICT",
     "OBJECTIVES",
-    "MeanFlow",
     "SCD",
     "SCT",
+    "Frozen",
+    "FrozenNetwork",
+    "FrozenSpec",
+    "MeanFlow",
+    "Nets",
     "Objective",
     "ObjectiveContext",
+    "Player",
     "SamplerPlan",
     "TrigFlow",
-    "build_objective",
-    "objective_section",
+    "register_objective",
 ]

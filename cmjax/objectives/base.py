@@ -1,15 +1,33 @@
-"""The objective seam: what every training objective provides to the one shared core.
+"""The objective seam: what every training objective or method provides to the one shared core.
 
-An objective is a frozen, hashable dataclass built once from ``config.objective``. It owns
-three small pure pieces; everything else (the train step, optimizer, EMA, sharding,
-checkpoints, data, loop, sampler jit and CLIs) is shared:
+An objective is a frozen, hashable dataclass whose fields are its config keys (see
+:func:`option`; ``cmjax.config.hparams`` builds it once from the config, nothing here reads a
+config). It owns small pure pieces; everything else (the train step, optimizers, EMA,
+sharding, checkpoints, data, loop, sampler jit and CLIs) is shared:
 
-- ``loss(params, apply_fn, x, labels, rng, step)``: the per-example loss (B,) and metrics
-  (objectives with frozen parameters, e.g. sCD's teacher, also take ``frozen=``);
+- the losses: ``loss(params, apply_fn, x, labels, rng, step)`` for a single-network
+  objective, the per-example loss (B,) and metrics; a method with several networks
+  implements ``player_loss`` (below) instead;
 - its parametrization: how the raw network output becomes a denoiser / consistency
   function / velocity (``params`` may hold extra trained pieces beside the network, e.g. an
   adaptive loss weight; ``net_params`` picks out the network's);
 - its samplers: named ``SamplerPlan`` defaults and ``sample(..., plan)``.
+
+Several networks (docs/architecture.md, "Several networks in one step"): a method may declare
+
+- ``NETWORKS``: trained networks beside the generator (a discriminator, a fake score
+  network, an adapter), each built from ``config.networks.<name>`` with its own model,
+  optimizer and EMA rates (none unless asked);
+- ``frozen_networks()``: networks it reads but never trains (a teacher of any architecture,
+  a feature network, a reward model), as a :class:`FrozenSpec` naming a work directory and
+  the objectives its run may have used. The loop loads them once, each with its own saved
+  config building its own network (:class:`FrozenNetwork`), and checkpoints them with the
+  run, so a resume never reads the source again;
+- method state (``init_method_state`` / ``update_method_state``): e.g. a target network
+  updated by EMA at its own rate, apart from the evaluation EMA;
+- ``players()``: who is updated on which step, in order, inside the one jitted step, with a
+  static schedule (alternating, k:1, 1:1): :class:`Player`. A player's parameters,
+  optimizer state and EMA stay bit-identical on its off steps.
 """
 
 from __future__ import annotations
@@ -19,11 +37,33 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 
 from cmjax.errors import ConfigError
 
 ApplyFn = Callable[..., jax.Array]
 Metrics = dict[str, jax.Array]
+Batch = Mapping[str, jax.Array]
+GENERATOR = "generator"  # the network samplers, EMA, LCSC, init_from and FID see
+
+
+def option(default: Any, *, section: str = "objective", key: str | None = None) -> Any:
+    """A dataclass field that is the config key ``config.<section>.<key>`` (``key`` defaults
+    to the field's name). Plain fields are keys of ``config.objective``; this marks the ones
+    read from another section (``sampling``, ``model``, ``training``) or renamed."""
+    return dataclasses.field(default=default, metadata={"config": (section, key)})
+
+
+def config_fields(cls: type) -> list[tuple[str, str, dataclasses.Field]]:
+    """(section, key, field) of every config key of an objective dataclass, in field order."""
+    out = []
+    for f in dataclasses.fields(cls):
+        where = f.metadata.get("config", ("objective", None))
+        if where is None:
+            continue
+        section, key = where
+        out.append((section, key or f.name, f))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,35 +86,145 @@ class SamplerPlan:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveContext:
-    """What an objective may read from the rest of the config when it is built."""
+    """What ``Objective.build`` may read beside its own keys: the data's example shape."""
 
     data_shape: tuple[int, ...]
-    total_steps: int
-    noise_cond_scale: float
-    sampling: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Player:
+    """One trained network's update inside the step: network ``name`` is updated on the steps
+    k (0-based, the steps already taken) with (k - offset) % every == 0. Static, so a
+    schedule never recompiles; ``every=1`` (the default) is every step, no branch at all."""
+
+    name: str = GENERATOR
+    every: int = 1
+    offset: int = 0
+
+    def __post_init__(self):
+        if self.every < 1 or not 0 <= self.offset < self.every:
+            raise ConfigError(
+                f"player {self.name!r}: need every >= 1 and 0 <= offset < every, got "
+                f"every={self.every}, offset={self.offset}"
+            )
+
+    def active(self, step: jax.Array) -> jax.Array:
+        """Whether this player updates at ``step`` (a traced int32 scalar)."""
+        return (jnp.asarray(step, jnp.int32) - self.offset) % self.every == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenSpec:
+    """A frozen network a method needs: the work directory ``source`` (a ``cmjax-train`` or
+    ``cmjax-import`` one, or ``<workdir>/checkpoints/<step>``) whose first EMA network it
+    reads, trained with one of the objectives ``kinds``; ``key`` is the config key that
+    names it and ``hint`` what to set it to (for messages; an empty ``source`` is refused
+    when the network is loaded)."""
+
+    source: str
+    kinds: tuple[str, ...]
+    key: str
+    hint: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenNetwork:
+    """A frozen network's definition, built from its own run's saved config: the objective
+    it was trained with (its parametrization: ``objective.denoise``, ``velocity``, ...) and
+    its module. Hashable: it is a static field of the TrainState."""
+
+    objective: Any  # Objective
+    model: Any  # flax.linen.Module
+    data_shape: tuple[int, ...]
+    num_classes: int
+
+    @classmethod
+    def from_hparams(cls, hp: Any) -> FrozenNetwork:
+        """The generator of the run whose ``TrainHParams`` is ``hp``, as a frozen network."""
+        return cls(hp.objective, hp.model, hp.data_shape, hp.num_classes)
+
+    @property
+    def apply_fn(self) -> ApplyFn:
+        return self.model.apply
+
+    def abstract_params(self) -> Any:
+        """Its network parameters as ShapeDtypeStructs (nothing allocated)."""
+        x = jnp.zeros((1, *self.data_shape), jnp.float32)
+        labels = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        init = self.model.init
+        return jax.eval_shape(
+            lambda r: init({"params": r}, x, jnp.zeros((1,), jnp.float32), labels, False),
+            jax.random.key(0),
+        )["params"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+    """What a loss sees of a frozen network: its definition and its parameters."""
+
+    network: FrozenNetwork
+    params: Any
+
+    @property
+    def objective(self) -> Any:
+        return self.network.objective
+
+    @property
+    def apply_fn(self) -> ApplyFn:
+        return self.network.apply_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Nets:
+    """Every network a player's loss may read, at the start of its update: the trained
+    networks' current parameters and apply functions by name (``GENERATOR`` included), the
+    frozen networks, and the method state. The player's own parameters are the ``params``
+    argument of ``player_loss`` (differentiated); everything here is read-only."""
+
+    params: Mapping[str, Any]
+    apply: Mapping[str, ApplyFn]
+    frozen: Mapping[str, Frozen]
+    method_state: Any = None
 
 
 class Objective:
     """Base class; subclasses are frozen dataclasses registered in ``cmjax.objectives``.
 
-    ``SAMPLING_KEYS``: the keys of ``config.sampling`` this objective reads (others are
-    errors, so nothing is silently ignored).
+    Their fields are config keys (``config.objective.<field>`` unless :func:`option` says
+    otherwise); ``build`` may derive values from the data shape. ``NETWORKS``: trained
+    networks beside the generator; ``BATCH_KEYS``: batch entries beyond ``x`` and ``label``.
     """
 
     name: ClassVar[str]
-    SAMPLING_KEYS: ClassVar[frozenset[str]] = frozenset()
+    NETWORKS: ClassVar[tuple[str, ...]] = ()
+    BATCH_KEYS: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        """This objective's ``config.objective`` keys and their paper defaults (None: derived)."""
-        raise NotImplementedError
+    def defaults(cls, section: str = "objective") -> dict[str, Any]:
+        """This objective's keys of ``config.<section>`` and their defaults (None: derived)."""
+        return {k: f.default for s, k, f in config_fields(cls) if s == section}
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any], ctx: ObjectiveContext) -> Objective:
-        """Build from ``config.objective`` (validated against ``defaults()``) and ``ctx``."""
-        raise NotImplementedError
+    def build(cls, values: dict[str, Any], ctx: ObjectiveContext) -> Objective:
+        """The objective from its config values (defaults filled, types converted); override
+        to derive values (iCT's Pseudo-Huber c from the data dimension)."""
+        del ctx
+        return cls(**values)
 
-    # -- parameters ------------------------------------------------------------------------
+    # -- what it trains and reads ----------------------------------------------------------
+    def players(self) -> tuple[Player, ...]:
+        """The updates of one step, in order (default: the generator, every step)."""
+        return (Player(GENERATOR),)
+
+    def frozen_networks(self) -> Mapping[str, FrozenSpec]:
+        """The frozen networks this objective reads, by name (default: none)."""
+        return {}
+
+    def check_frozen(self, name: str, network: FrozenNetwork) -> None:
+        """Raise a ConfigError if frozen network ``name`` does not fit this objective."""
+        del name, network
+
+    # -- the generator's parameters ---------------------------------------------------------
     def init_params(self, net_params: Any, rng: jax.Array) -> Any:
         """The trained parameters around freshly initialized network parameters."""
         del rng
@@ -89,21 +239,42 @@ class Objective:
         del params
         return net_params
 
-    def init_frozen(self, net_params: Any) -> Any:
-        """The structure of the frozen (never trained) parameters this objective reads, e.g.
-        sCD's teacher, kept in ``TrainState.frozen``; None (the default) when it has none.
-        Built inside the jitted init from fresh network parameters: placeholders only, the
-        real values are loaded by ``cmjax.teacher.attach_frozen`` (see ``load_frozen``)."""
-        del net_params
+    # -- method state -----------------------------------------------------------------------
+    def init_method_state(self, params: Mapping[str, Any], rng: jax.Array) -> Any:
+        """State the method keeps beside the trained networks (e.g. a target network), from
+        the fresh parameters of every trained network; None (the default): none."""
+        del params, rng
         return None
 
-    def load_frozen(self, like: Any) -> Any:
-        """The frozen parameters' values on the host, laid out like ``like`` (the
-        ``init_frozen`` placeholders, possibly abstract with shardings); only called when
-        ``init_frozen`` is not None."""
-        raise NotImplementedError
+    def update_method_state(
+        self,
+        method_state: Any,
+        player: str,
+        params: Mapping[str, Any],
+        step: jax.Array,
+        metrics: Metrics,
+    ) -> Any:
+        """The method state after ``player``'s update: ``params`` are every trained network's
+        parameters after it, ``step`` the steps taken before this one, ``metrics`` what the
+        player's loss returned beside it (e.g. statistics an EMA tracks)."""
+        del player, params, step, metrics
+        return method_state
 
     # -- training --------------------------------------------------------------------------
+    def player_loss(
+        self, player: str, params: Any, nets: Nets, batch: Batch, rng: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, Metrics]:
+        """(per-example loss (B,) float32, metrics) of ``player`` w.r.t. its ``params``.
+
+        The default serves single-network objectives: the generator's ``loss``, which also
+        gets ``frozen=nets.frozen`` when the state holds frozen networks."""
+        if player != GENERATOR:
+            raise NotImplementedError(f"{type(self).__name__} has no player {player!r}")
+        extra = {"frozen": nets.frozen} if nets.frozen else {}
+        return self.loss(
+            params, nets.apply[GENERATOR], batch["x"], batch.get("label"), rng, step, **extra
+        )
+
     def loss(
         self,
         params: Any,
@@ -113,10 +284,7 @@ class Objective:
         rng: jax.Array,
         step: jax.Array,
     ) -> tuple[jax.Array, Metrics]:
-        """(per-example loss (B,) float32, metrics of scalars) for data ``x`` (B, ...).
-
-        The train step passes ``frozen=state.frozen`` as well when the objective has frozen
-        parameters (``init_frozen`` not None); objectives without them need not accept it."""
+        """(per-example loss (B,) float32, metrics of scalars) for data ``x`` (B, ...)."""
         raise NotImplementedError
 
     # -- sampling --------------------------------------------------------------------------
@@ -147,31 +315,6 @@ class Objective:
         raise NotImplementedError
 
 
-def read_section(
-    section: Mapping[str, Any], name: str, defaults: Mapping[str, Any]
-) -> dict[str, Any]:
-    """``defaults`` updated by ``section`` (minus ``name``); unknown keys raise ConfigError."""
-    values = {k: v for k, v in dict(section).items() if k != "name"}
-    unknown = sorted(set(values) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {', '.join('config.objective.' + k for k in unknown)} for "
-            f"objective {name!r}; its keys are {sorted(defaults)}"
-        )
-    out = dict(defaults)
-    out.update({k: v for k, v in values.items() if v is not None})
-    return out
-
-
-def check_sampling_keys(cls: type[Objective], sampling: Mapping[str, Any]) -> None:
-    unknown = sorted(set(sampling) - set(cls.SAMPLING_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"config.sampling.{', config.sampling.'.join(unknown)} not used by objective "
-            f"{cls.name!r}; its sampling keys are {sorted(cls.SAMPLING_KEYS)}"
-        )
-
-
 def check_times(times: Sequence[float], lo: float, hi: float, what: str) -> tuple[float, ...]:
     """``times`` as a strictly decreasing tuple inside (lo, hi]; ValueError otherwise."""
     out = tuple(float(t) for t in times)
@@ -180,3 +323,35 @@ def check_times(times: Sequence[float], lo: float, hi: float, what: str) -> tupl
     if out[-1] <= lo or out[0] > hi:
         raise ValueError(f"{what} must lie in ({lo}, {hi}], got {list(out)}")
     return out
+
+
+def one_or_two_step_plan(
+    steps: int | None,
+    times: Sequence[float] | None,
+    method: str | None,
+    *,
+    name: str,
+    first: float,
+    second: float,
+    bounds: tuple[float, float],
+    what: str,
+    more: Callable[[int], Sequence[float]] | None = None,
+) -> SamplerPlan:
+    """The few-step plan of the consistency-style samplers (iCT, ECT, sCT, MeanFlow): 1 step at
+    ``first``, 2 steps at (``first``, ``second``), ``more(steps)`` times for more steps (None:
+    refused), or explicit ``times`` within ``bounds``; ``method`` must be None or ``name``."""
+    if method not in (None, name):
+        raise ValueError(f"this objective samples with {name!r}, got {method!r}")
+    if times is None:
+        steps = 1 if steps is None else int(steps)
+        if steps in (1, 2):
+            times = [first] if steps == 1 else [first, second]
+        elif more is not None:
+            times = more(steps)
+        else:
+            raise ValueError(
+                f"{name} sampling takes 1 or 2 steps from the config, got {steps}; "
+                f"pass explicit {what} for more"
+            )
+    times = check_times(times, *bounds, what)
+    return SamplerPlan(name, times, len(times))

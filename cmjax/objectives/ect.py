@@ -1,6 +1,6 @@
 """ECT, Easy Consistency Tuning (Geng et al. 2024, "Consistency Models Made Easy").
 
-OBJECTIVES.md §3, checked against the official code (locuslab/ect ``training/loss.py``
+docs/objectives.md, ECT; checked against the official code (locuslab/ect ``training/loss.py``
 ECMLoss, ``training/networks.py`` ECMPrecond, ``training/ct_training_loop.py``):
 
 - continuous t with ln t ~ N(p_mean, p_std^2) (CIFAR-10 -1.1, 2.0; ImageNet 64 -0.8, 1.6);
@@ -16,30 +16,22 @@ ECMLoss, ``training/networks.py`` ECMPrecond, ``training/ct_training_loop.py``):
 Parametrization: training uses EDM's preconditioning with no sigma_min offset (ECMPrecond in
 train mode: f = D, the EDM denoiser, so an EDM run initializes it exactly); sampling uses the
 sigma_min-offset consistency function (ECMPrecond in eval mode) so f(x, sigma_min) = x. The
-official ECMPrecond sets sigma_min = 0.003 (OBJECTIVES.md says 0.002; we follow the code).
+official ECMPrecond sets sigma_min = 0.003 (the paper's EDM value is 0.002; we follow the code).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from cmjax.consistency import consistency_fn, per_example
 from cmjax.errors import ConfigError
-from cmjax.objectives.base import (
-    ApplyFn,
-    Metrics,
-    Objective,
-    ObjectiveContext,
-    check_sampling_keys,
-    read_section,
-)
-from cmjax.objectives.ict import ConsistencySampling
+from cmjax.objectives.base import ApplyFn, Metrics, Objective, option
+from cmjax.objectives.ict import TWO_STEP_SIGMA, ConsistencySampling
+from cmjax.objectives.preconditioning import consistency_fn, per_example
 
 WEIGHTINGS = ("inverse_gap", "snr_plus_k")
 MAPPINGS = ("sigmoid", "const")
@@ -48,24 +40,6 @@ MIN_DECAY = 2.0**-22
 
 # The ImageNet 64 settings of the official code (its ``imgnet`` branch, run_imgnet_ecm.sh).
 IMAGENET64 = dict(p_mean=-0.8, p_std=1.6, q=4.0, c=0.06, weighting="snr_plus_k")
-
-
-def ect_defaults() -> dict[str, Any]:
-    """ECT's CIFAR-10 constants (official run_ecm.sh / ECMLoss) as ``config.objective`` keys."""
-    return dict(
-        sigma_data=0.5,
-        p_mean=-1.1,
-        p_std=2.0,
-        q=2.0,
-        d=25_000,  # stage length in iterations (official: --double 250 ticks of 100 iterations)
-        k=8.0,
-        b=1.0,
-        mapping="sigmoid",
-        c=0.0,
-        weighting="inverse_gap",
-        sigma_min=0.003,  # sampling parametrization only (official ECMPrecond)
-        sigma_max=80.0,
-    )
 
 
 def ect_stage(step: jax.Array, d: int) -> jax.Array:
@@ -100,8 +74,8 @@ def mapping_r(
 
 @dataclasses.dataclass(frozen=True)
 class ECT(ConsistencySampling, Objective):
-    """Easy consistency tuning; from scratch or (the paper's way) from an EDM run's EMA via
-    ``config.init_from``."""
+    """Easy consistency tuning (the official CIFAR-10 constants, run_ecm.sh / ECMLoss); from
+    scratch or (the paper's way) from an EDM run's EMA via ``config.init_from``."""
 
     name: ClassVar[str] = "ect"
 
@@ -109,16 +83,17 @@ class ECT(ConsistencySampling, Objective):
     p_mean: float = -1.1
     p_std: float = 2.0
     q: float = 2.0
-    d: int = 25_000
+    d: int = 25_000  # stage length in iterations (official: --double 250 ticks of 100)
     k: float = 8.0
     b: float = 1.0
     mapping: str = "sigmoid"
     c: float = 0.0
     weighting: str = "inverse_gap"
-    sigma_min: float = 0.003
+    sigma_min: float = 0.003  # sampling parametrization only (official ECMPrecond)
     sigma_max: float = 80.0
-    noise_cond_scale: float = 1.0
-    two_step_sigma: float = 0.821
+    total_steps: int = option(400_000, section="training")
+    noise_cond_scale: float = option(1.0, section="model")
+    two_step_sigma: float = option(TWO_STEP_SIGMA, section="sampling")
 
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:
@@ -139,31 +114,13 @@ class ECT(ConsistencySampling, Objective):
                 "ECT needs 0 < sigma_min < config.sampling.two_step_sigma < sigma_max, got "
                 f"{self.sigma_min}, {self.two_step_sigma}, {self.sigma_max}"
             )
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return ect_defaults()
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any], ctx: ObjectiveContext) -> ECT:
-        check_sampling_keys(cls, ctx.sampling)
-        v = read_section(section, cls.name, cls.defaults())
-        ect = cls(
-            **{k: float(x) for k, x in v.items() if k not in ("d", "mapping", "weighting")},
-            d=int(v["d"]),
-            mapping=str(v["mapping"]),
-            weighting=str(v["weighting"]),
-            noise_cond_scale=ctx.noise_cond_scale,
-            two_step_sigma=float(ctx.sampling.get("two_step_sigma", 0.821)),
-        )
-        last_stage = (ctx.total_steps - 1) // ect.d
-        if ect.q ** -(last_stage + 1) < MIN_DECAY:
+        last_stage = (self.total_steps - 1) // self.d
+        if self.q ** -(last_stage + 1) < MIN_DECAY:
             raise ConfigError(
-                f"ECT reaches stage {last_stage} by step {ctx.total_steps - 1} (d={ect.d}), where "
-                f"q^-(s+1) = {ect.q} ** -{last_stage + 1} is below float32 resolution (r = t); "
-                "raise config.objective.d or lower q or training.total_steps"
+                f"ECT reaches stage {last_stage} by step {self.total_steps - 1} (d={self.d}), "
+                f"where q^-(s+1) = {self.q} ** -{last_stage + 1} is below float32 resolution "
+                "(r = t); raise config.objective.d or lower q or training.total_steps"
             )
-        return ect
 
     def _sigmas(self):
         return self.sigma_min, self.sigma_max, self.sigma_data, self.noise_cond_scale

@@ -1,7 +1,7 @@
 """EDM diffusion (Karras et al. 2022): the denoising objective with EDM preconditioning and
 lognormal sigma, and EDM's deterministic Heun sampler on the Karras grid.
 
-OBJECTIVES.md §2. D(x, s) = c_skip x + c_out F(c_in x, c_noise) with no sigma_min offset;
+docs/objectives.md, EDM. D(x, s) = c_skip x + c_out F(c_in x, c_noise) with no sigma_min offset;
 loss per example lambda(s) ||D(x0 + s n, s) - x0||^2 summed over the example (as EDM's
 training loop sums it), lambda = (s^2 + sd^2) / (s sd)^2, ln s ~ N(-1.2, 1.2^2). This is
 the teacher and initializer of ECT / sCT / sCD, and a baseline in its own right.
@@ -10,38 +10,24 @@ the teacher and initializer of ECT / sCT / sCD, and a baseline in its own right.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from cmjax.consistency import consistency_fn, per_example
 from cmjax.errors import ConfigError
 from cmjax.objectives.base import (
     ApplyFn,
     Metrics,
     Objective,
-    ObjectiveContext,
     SamplerPlan,
-    check_sampling_keys,
     check_times,
-    read_section,
+    option,
 )
+from cmjax.objectives.preconditioning import consistency_fn, per_example
 
 SOLVERS = ("heun", "euler")
-
-
-def edm_defaults() -> dict[str, Any]:
-    """EDM's constants (CIFAR-10 / ImageNet 64 "EDM" configs) as ``config.objective`` keys."""
-    return dict(
-        sigma_data=0.5,
-        p_mean=-1.2,
-        p_std=1.2,
-        sigma_min=0.002,  # sampler grid
-        sigma_max=80.0,
-        rho=7.0,
-    )
 
 
 def karras_sampling_grid(n: int, sigma_min: float, sigma_max: float, rho: float) -> tuple:
@@ -61,20 +47,20 @@ def edm_loss_weight(sigma: jax.Array, sigma_data: float) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class EDM(Objective):
-    """EDM denoising; ``solver``/``num_steps`` define the default sampler (Heun, 18 steps)."""
+    """EDM denoising (the CIFAR-10 / ImageNet 64 "EDM" constants); ``solver``/``num_steps``
+    (``config.sampling``) define the default sampler (Heun, 18 steps)."""
 
     name: ClassVar[str] = "edm"
-    SAMPLING_KEYS: ClassVar[frozenset[str]] = frozenset({"num_steps", "solver"})
 
     sigma_data: float = 0.5
     p_mean: float = -1.2
     p_std: float = 1.2
-    sigma_min: float = 0.002
+    sigma_min: float = 0.002  # sampler grid
     sigma_max: float = 80.0
     rho: float = 7.0
-    noise_cond_scale: float = 1.0
-    num_steps: int = 18
-    solver: str = "heun"
+    noise_cond_scale: float = option(1.0, section="model")
+    num_steps: int = option(18, section="sampling")
+    solver: str = option("heun", section="sampling")
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
@@ -83,21 +69,8 @@ class EDM(Objective):
             )
         if not 0 < self.sigma_min < self.sigma_max or self.p_std <= 0 or self.sigma_data <= 0:
             raise ConfigError("EDM needs 0 < sigma_min < sigma_max, p_std > 0, sigma_data > 0")
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return edm_defaults()
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any], ctx: ObjectiveContext) -> EDM:
-        check_sampling_keys(cls, ctx.sampling)
-        v = read_section(section, cls.name, cls.defaults())
-        return cls(
-            **{k: float(x) for k, x in v.items()},
-            noise_cond_scale=ctx.noise_cond_scale,
-            num_steps=int(ctx.sampling.get("num_steps", 18)),
-            solver=str(ctx.sampling.get("solver", "heun")),
-        )
+        if self.num_steps < 1:
+            raise ConfigError(f"config.sampling.num_steps must be >= 1, got {self.num_steps}")
 
     def denoise(self, apply_fn, params, x, sigma_B, labels=None, train=False, dropout_rng=None):
         """D(x, sigma): (B, ...) float32."""

@@ -7,62 +7,37 @@ once the curriculum has doubled N at least once), ``diffusion_loss_weight`` (5 i
 ``diffusion_loss_fraction`` (25%) lowest-noise pairs, and ``ot_pairing`` (minibatch optimal
 transport between data and noise). iLCT's non-scaling LayerNorm is a network change, not here.
 
-The math lives in ``cmjax.ict`` (grid, curriculum, pair draws, scalings); this module is the
-objective: the loss of one step and the consistency samplers.
+The math lives in ``cmjax.objectives.ict_schedule`` (grid, curriculum, pair draws, scalings);
+this module is the objective: the loss of one step and the consistency samplers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from cmjax import ict, losses
-from cmjax.consistency import consistency_fn, student_teacher_outputs
 from cmjax.errors import ConfigError
+from cmjax.objectives import distances, ict_schedule
 from cmjax.objectives.base import (
     ApplyFn,
     Metrics,
     Objective,
     ObjectiveContext,
     SamplerPlan,
-    check_sampling_keys,
-    check_times,
-    read_section,
+    one_or_two_step_plan,
+    option,
 )
-from cmjax.ot_pairing import ot_pair_noise
+from cmjax.objectives.ot_pairing import ot_pair_noise
+from cmjax.objectives.preconditioning import consistency_fn, student_teacher_outputs
 
 WEIGHTINGS = ("ict", "uniform")
 C_SCHEDULES = ("fixed", "adaptive")
-SCHEDULE_KEYS = tuple(
-    f.name for f in dataclasses.fields(ict.NoiseSchedule) if f.name != "total_steps"
-)
-
-
-def ict_defaults() -> dict[str, Any]:
-    """The iCT constants (DESIGN.md §1) as ``config.objective`` keys."""
-    return dict(
-        sigma_min=ict.SIGMA_MIN,
-        sigma_max=ict.SIGMA_MAX,
-        rho=ict.RHO,
-        sigma_data=ict.SIGMA_DATA,
-        s0=ict.S0,
-        s1=ict.S1,
-        p_mean=ict.P_MEAN,
-        p_std=ict.P_STD,
-        loss="pseudo_huber",
-        loss_c=None,  # None: 0.00054 * sqrt(dim)
-        weighting="ict",
-        # iLCT switches (arXiv 2502.01441); these defaults are plain iCT.
-        c_schedule="fixed",  # "adaptive": c = exp(-1.15 ln(N-1) - 0.85) after the 1st doubling
-        diffusion_loss_weight=0.0,  # iLCT: 5.0
-        diffusion_loss_fraction=0.25,  # share of the N - 1 pairs, lowest noise first
-        ot_pairing=False,  # iLCT: True (exact minibatch OT of data and noise)
-    )
+TWO_STEP_SIGMA = 0.821  # CIFAR-10's two-step intermediate sigma (ImageNet 64: 1.526)
 
 
 def consistency_sample(
@@ -103,9 +78,10 @@ def consistency_sample(
 
 
 class ConsistencySampling:
-    """The 1-/multistep consistency sampler shared by iCT and ECT (sigma units)."""
+    """The 1-/multistep consistency sampler shared by iCT and ECT (sigma units); the class
+    using it has a ``two_step_sigma`` field (``config.sampling.two_step_sigma``)."""
 
-    SAMPLING_KEYS: ClassVar[frozenset[str]] = frozenset({"two_step_sigma"})
+    two_step_sigma: float
 
     def _sigmas(self) -> tuple[float, float, float, float]:
         """(sigma_min, sigma_max, sigma_data, noise_cond_scale) of sampling."""
@@ -120,18 +96,17 @@ class ConsistencySampling:
         times: Sequence[float] | None = None,
         method: str | None = None,
     ) -> SamplerPlan:
-        if method not in (None, "consistency"):
-            raise ValueError(f"consistency models sample with 'consistency', got {method!r}")
         smin, smax, _, _ = self._sigmas()
-        if times is None:
-            if steps not in (1, 2):
-                raise ValueError(
-                    f"consistency sampling takes 1 or 2 steps from the config, got {steps}; "
-                    "pass explicit sigmas for more"
-                )
-            times = [smax] if steps == 1 else [smax, self.two_step_sigma]
-        times = check_times(times, smin, smax, "sigmas")
-        return SamplerPlan("consistency", times, len(times))
+        return one_or_two_step_plan(
+            steps,
+            times,
+            method,
+            name="consistency",
+            first=smax,
+            second=self.two_step_sigma,
+            bounds=(smin, smax),
+            what="sigmas",
+        )
 
     def sample(self, apply_fn, net_params, rng, shape, plan, labels=None) -> jax.Array:
         smin, _, sd, scale = self._sigmas()
@@ -150,23 +125,35 @@ class ConsistencySampling:
 
 @dataclasses.dataclass(frozen=True)
 class ICT(ConsistencySampling, Objective):
-    """iCT consistency training; ``schedule`` holds the grid and curriculum constants."""
+    """iCT consistency training; every field is a config key (docs/objectives.md, iCT).
+
+    ``loss_c`` None (the default) is derived: 0.00054 sqrt(dim) of the data's example size.
+    """
 
     name: ClassVar[str] = "ict"
 
-    schedule: ict.NoiseSchedule
-    loss_name: str = "pseudo_huber"
-    loss_c: float = 0.0
+    sigma_min: float = ict_schedule.SIGMA_MIN
+    sigma_max: float = ict_schedule.SIGMA_MAX
+    rho: float = ict_schedule.RHO
+    sigma_data: float = ict_schedule.SIGMA_DATA
+    s0: int = ict_schedule.S0
+    s1: int = ict_schedule.S1
+    p_mean: float = ict_schedule.P_MEAN
+    p_std: float = ict_schedule.P_STD
+    loss_name: str = option("pseudo_huber", key="loss")
+    loss_c: float | None = None  # None: 0.00054 * sqrt(dim)
     weighting: str = "ict"
-    noise_cond_scale: float = 1.0
-    two_step_sigma: float = 0.821
-    c_schedule: str = "fixed"
-    diffusion_loss_weight: float = 0.0
-    diffusion_loss_fraction: float = 0.25
-    ot_pairing: bool = False
+    # iLCT switches (arXiv 2502.01441); these defaults are plain iCT.
+    c_schedule: str = "fixed"  # "adaptive": c = exp(-1.15 ln(N-1) - 0.85) after the 1st doubling
+    diffusion_loss_weight: float = 0.0  # iLCT: 5.0
+    diffusion_loss_fraction: float = 0.25  # share of the N - 1 pairs, lowest noise first
+    ot_pairing: bool = False  # iLCT: True (exact minibatch OT of data and noise)
+    total_steps: int = option(400_000, section="training")
+    noise_cond_scale: float = option(1.0, section="model")
+    two_step_sigma: float = option(TWO_STEP_SIGMA, section="sampling")
 
     def __post_init__(self):
-        losses.get_distance(self.loss_name)
+        distances.get_distance(self.loss_name)
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"config.objective.weighting must be one of {WEIGHTINGS}")
         if self.c_schedule not in C_SCHEDULES:
@@ -176,35 +163,33 @@ class ICT(ConsistencySampling, Objective):
                 "config.objective needs diffusion_loss_weight >= 0 and "
                 "0 < diffusion_loss_fraction <= 1"
             )
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return ict_defaults()
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any], ctx: ObjectiveContext) -> ICT:
-        check_sampling_keys(cls, ctx.sampling)
-        v = read_section(section, cls.name, cls.defaults())
-        loss_c = v["loss_c"]
-        if loss_c is None or loss_c <= 0:
-            loss_c = losses.default_pseudo_huber_c(math.prod(ctx.data_shape))
         try:
-            schedule = ict.NoiseSchedule(
-                total_steps=ctx.total_steps, **{k: v[k] for k in SCHEDULE_KEYS}
-            )
+            self.schedule  # noqa: B018 (validates the grid and curriculum constants)
         except ValueError as e:
             raise ConfigError(f"config.objective: {e}") from None
-        return cls(
-            schedule=schedule,
-            loss_name=v["loss"],
-            loss_c=float(loss_c),
-            weighting=v["weighting"],
-            noise_cond_scale=ctx.noise_cond_scale,
-            two_step_sigma=float(ctx.sampling.get("two_step_sigma", 0.821)),
-            c_schedule=str(v["c_schedule"]),
-            diffusion_loss_weight=float(v["diffusion_loss_weight"]),
-            diffusion_loss_fraction=float(v["diffusion_loss_fraction"]),
-            ot_pairing=bool(v["ot_pairing"]),
+
+    @classmethod
+    def build(cls, values: dict[str, Any], ctx: ObjectiveContext) -> ICT:
+        if values["loss_c"] is None or values["loss_c"] <= 0:
+            values = {
+                **values,
+                "loss_c": distances.default_pseudo_huber_c(math.prod(ctx.data_shape)),
+            }
+        return cls(**values)
+
+    @property
+    def schedule(self) -> ict_schedule.NoiseSchedule:
+        """The Karras grid, curriculum and lognormal pair-sampling constants."""
+        return ict_schedule.NoiseSchedule(
+            total_steps=self.total_steps,
+            sigma_min=self.sigma_min,
+            sigma_max=self.sigma_max,
+            rho=self.rho,
+            sigma_data=self.sigma_data,
+            s0=self.s0,
+            s1=self.s1,
+            p_mean=self.p_mean,
+            p_std=self.p_std,
         )
 
     def loss_scale(self, n: jax.Array) -> jax.Array | float:
@@ -213,7 +198,7 @@ class ICT(ConsistencySampling, Objective):
         if self.c_schedule == "fixed":
             return self.loss_c  # a Python float, exactly as iCT (bit-identical losses)
         doubled = n > self.schedule.s0 + 1
-        return jnp.where(doubled, ict.adaptive_cauchy_c(n), jnp.float32(self.loss_c))
+        return jnp.where(doubled, ict_schedule.adaptive_cauchy_c(n), jnp.float32(self.loss_c))
 
     def _sigmas(self):
         s = self.schedule
@@ -230,12 +215,14 @@ class ICT(ConsistencySampling, Objective):
     ) -> tuple[jax.Array, Metrics]:
         schedule = self.schedule
         k_sigma, k_noise, k_dropout = jax.random.split(rng, 3)
-        idx, sigma, sigma_next = ict.sample_pair_indices(k_sigma, step, x.shape[0], schedule)
+        idx, sigma, sigma_next = ict_schedule.sample_pair_indices(
+            k_sigma, step, x.shape[0], schedule
+        )
         z = jax.random.normal(k_noise, x.shape, jnp.float32)
         if self.ot_pairing:
             z = ot_pair_noise(x, z)
         if self.weighting == "ict":
-            weight = ict.ict_loss_weight(sigma, sigma_next)
+            weight = ict_schedule.ict_loss_weight(sigma, sigma_next)
         else:
             weight = jnp.ones_like(sigma)
         student, teacher = student_teacher_outputs(
@@ -251,9 +238,9 @@ class ICT(ConsistencySampling, Objective):
             sigma_min=schedule.sigma_min,
             noise_cond_scale=self.noise_cond_scale,
         )
-        n = ict.num_scales(step, schedule.total_steps, schedule.s0, schedule.s1)
+        n = ict_schedule.num_scales(step, schedule.total_steps, schedule.s0, schedule.s1)
         c = self.loss_scale(n)
-        dist = losses.get_distance(self.loss_name)(student, teacher, c)
+        dist = distances.get_distance(self.loss_name)(student, teacher, c)
         metrics = {
             "distance": jnp.mean(dist),
             "num_scales": n,
@@ -265,9 +252,9 @@ class ICT(ConsistencySampling, Objective):
         if self.diffusion_loss_weight > 0:
             # iLCT: (1/sigma^2 + 1/sd^2) ||f(x + sigma z, sigma) - x||^2 at the student's
             # sigma = sigma_{i+1}, on the lowest-noise pairs only.
-            mask = ict.low_noise_mask(idx, n, self.diffusion_loss_fraction)
+            mask = ict_schedule.low_noise_mask(idx, n, self.diffusion_loss_fraction)
             lam = 1.0 / jnp.square(sigma_next) + 1.0 / schedule.sigma_data**2
-            diffusion = lam * losses.squared_l2(student, x)
+            diffusion = lam * distances.squared_l2(student, x)
             loss = loss + self.diffusion_loss_weight * mask * diffusion
             metrics["diffusion_loss"] = jnp.sum(mask * diffusion) / jnp.maximum(jnp.sum(mask), 1)
         return loss, metrics

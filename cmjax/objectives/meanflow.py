@@ -1,8 +1,8 @@
 """MeanFlow (Geng et al. 2025, arXiv 2505.13447): a network u(z, t, h) of the *average*
 velocity over [r, t], trained from scratch with the MeanFlow identity; 1-step sampling.
 
-OBJECTIVES.md §5, checked against the official JAX ``MeanFlow.forward`` (Gsunshine/meanflow)
-and its PyTorch CIFAR-10 code (Gsunshine/py-meanflow):
+docs/objectives.md, MeanFlow; checked against the official JAX ``MeanFlow.forward``
+(Gsunshine/meanflow) and its PyTorch CIFAR-10 code (Gsunshine/py-meanflow):
 
 - z_t = (1 - t) x + t e, e ~ N(0, I), v = e - x (t = 0 data, t = 1 noise);
 - t, r ~ logit-normal independently, (t, r) <- (max, min), then r = t on a fraction
@@ -26,41 +26,25 @@ Sampling: z_r = z_t - (t - r) u(z_t, t, t - r) along decreasing times 1 = t_0 > 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from cmjax.consistency import per_example
 from cmjax.errors import ConfigError
 from cmjax.objectives.base import (
     ApplyFn,
     Metrics,
     Objective,
-    ObjectiveContext,
     SamplerPlan,
-    check_sampling_keys,
-    check_times,
-    read_section,
+    one_or_two_step_plan,
+    option,
 )
+from cmjax.objectives.preconditioning import per_example
 
 EQUAL_ROWS = ("position", "random")
 METHOD = "meanflow"
-
-
-def meanflow_defaults() -> dict[str, Any]:
-    """MeanFlow's CIFAR-10 constants (paper Table 1 / py-meanflow ``cifar10_v0.sh``)."""
-    return dict(
-        p_mean_t=-2.0,  # t ~ sigmoid(N(p_mean_t, p_std_t^2))
-        p_std_t=2.0,
-        p_mean_r=-2.0,  # r ~ sigmoid(N(p_mean_r, p_std_r^2)), before (max, min)
-        p_std_r=2.0,
-        ratio=0.75,  # fraction of rows with r != t (ImageNet: 0.25)
-        equal_rows="position",  # which rows get r = t: "position" (JAX) or "random"
-        norm_p=0.75,  # adaptive weight power p (ImageNet: 1.0)
-        norm_eps=1e-3,  # adaptive weight constant c (ImageNet: 0.01)
-    )
 
 
 def sample_t_r(
@@ -101,21 +85,21 @@ def uniform_times(steps: int) -> tuple[float, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class MeanFlow(Objective):
-    """MeanFlow training and its few-step sampler; fields as :func:`meanflow_defaults`."""
+    """MeanFlow training and its few-step sampler: the CIFAR-10 constants (paper Table 1 /
+    py-meanflow ``cifar10_v0.sh``)."""
 
     name: ClassVar[str] = "meanflow"
-    SAMPLING_KEYS: ClassVar[frozenset[str]] = frozenset({"two_step_time"})
 
-    p_mean_t: float = -2.0
+    p_mean_t: float = -2.0  # t ~ sigmoid(N(p_mean_t, p_std_t^2))
     p_std_t: float = 2.0
-    p_mean_r: float = -2.0
+    p_mean_r: float = -2.0  # r ~ sigmoid(N(p_mean_r, p_std_r^2)), before (max, min)
     p_std_r: float = 2.0
-    ratio: float = 0.75
-    equal_rows: str = "position"
-    norm_p: float = 0.75
-    norm_eps: float = 1e-3
-    noise_cond_scale: float = 1.0
-    two_step_time: float = 0.5
+    ratio: float = 0.75  # fraction of rows with r != t (ImageNet: 0.25)
+    equal_rows: str = "position"  # which rows get r = t: "position" (JAX) or "random"
+    norm_p: float = 0.75  # adaptive weight power p (ImageNet: 1.0)
+    norm_eps: float = 1e-3  # adaptive weight constant c (ImageNet: 0.01)
+    noise_cond_scale: float = option(1.0, section="model")
+    two_step_time: float = option(0.5, section="sampling")
 
     def __post_init__(self):
         if self.equal_rows not in EQUAL_ROWS:
@@ -130,22 +114,6 @@ class MeanFlow(Objective):
             raise ConfigError(
                 f"config.sampling.two_step_time must lie in (0, 1), got {self.two_step_time}"
             )
-
-    @classmethod
-    def defaults(cls) -> dict[str, Any]:
-        return meanflow_defaults()
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any], ctx: ObjectiveContext) -> MeanFlow:
-        check_sampling_keys(cls, ctx.sampling)
-        v = read_section(section, cls.name, cls.defaults())
-        equal_rows = str(v.pop("equal_rows"))
-        return cls(
-            **{k: float(x) for k, x in v.items()},
-            equal_rows=equal_rows,
-            noise_cond_scale=ctx.noise_cond_scale,
-            two_step_time=float(ctx.sampling.get("two_step_time", 0.5)),
-        )
 
     # -- the network as an average velocity --------------------------------------------------
     def average_velocity(
@@ -254,13 +222,17 @@ class MeanFlow(Objective):
         method: str | None = None,
     ) -> SamplerPlan:
         """1 step: t = (1,); 2 steps: (1, ``two_step_time``); N steps: N uniform times."""
-        if method not in (None, METHOD):
-            raise ValueError(f"MeanFlow samples with {METHOD!r}, got {method!r}")
-        if times is None:
-            steps = 1 if steps is None else int(steps)
-            times = (1.0, self.two_step_time) if steps == 2 else uniform_times(steps)
-        times = check_times(times, 0.0, 1.0, "times")
-        return SamplerPlan(METHOD, times, len(times))
+        return one_or_two_step_plan(
+            steps,
+            times,
+            method,
+            name=METHOD,
+            first=1.0,
+            second=self.two_step_time,
+            bounds=(0.0, 1.0),
+            what="times",
+            more=uniform_times,
+        )
 
     def sample(self, apply_fn, net_params, rng, shape, plan, labels=None) -> jax.Array:
         """z_0 from e ~ N(0, I) by z <- z - (t - r) u(z, t, t - r) over ``plan.times`` then 0."""
