@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import dataset
+from conftest import compiled, dataset
 
 from cmjax import create_train_state, lcsc, make_train_step
 from cmjax.cli import combine as combine_cli
@@ -31,9 +31,9 @@ def toy_run(tmp_path_factory):
     config = load_config("toy2d:two_moons")
     config.model.update(hidden=64, depth=2)
     config.training.update(total_steps=STEPS, batch_size=128, ema_rates=(0.99,))
-    step = jax.jit(make_train_step(config), donate_argnums=0)
     state = create_train_state(config, jax.random.key(0))
     data = dataset(config)
+    step = compiled(jax.jit(make_train_step(config), donate_argnums=0), state, data.batch(0))
     ckpt = Checkpointer(workdir, every_steps=EVERY, keep=STEPS // EVERY, async_save=False)
     for k in range(STEPS):
         state, _ = step(state, data.batch(k))

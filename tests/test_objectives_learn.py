@@ -4,7 +4,7 @@ samples to held-out data falls by the factor ``FALLS`` states (tests/test_object
 import jax
 import numpy as np
 import pytest
-from conftest import dataset
+from conftest import compiled, dataset
 from test_objectives import FALLS, SHIPPED, toy
 
 from cmjax import create_train_state, make_train_step
@@ -14,10 +14,13 @@ from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_toy_sample_distance_falls(name, trigflow_teacher):
-    steps, batch, factor = FALLS[name]
-    hp, frozen = toy(name, steps=steps, batch=batch, teacher=trigflow_teacher, hidden=128, depth=3)
-    step = jax.jit(make_train_step(hp), donate_argnums=0)
+    steps, batch, factor, hidden, depth = FALLS[name]
+    hp, frozen = toy(
+        name, steps=steps, batch=batch, teacher=trigflow_teacher, hidden=hidden, depth=depth
+    )
     state = create_train_state(hp, jax.random.key(0), frozen=frozen)
+    data = dataset(hp)
+    step = compiled(jax.jit(make_train_step(hp), donate_argnums=0), state, data.batch(0))
     plan = next(iter(hp.objective.sampler_plans().values()))
     draw = make_sampler(hp.objective, state.apply_fn, (2000, 2), plan)
     held = np.concatenate([dataset(hp).batch(10**6 + i)["x"] for i in range(8)])[:2000]
@@ -26,7 +29,6 @@ def test_toy_sample_distance_falls(name, trigflow_teacher):
         return float(sliced_wasserstein(draw(params, jax.random.key(5)), held, jax.random.key(7)))
 
     before = sw(state.params)
-    data = dataset(hp)
     for k in range(steps):
         state, metrics = step(state, data.batch(k))
     assert np.isfinite(float(metrics["loss"]))

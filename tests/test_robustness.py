@@ -360,9 +360,14 @@ def test_every_shipped_config_has_every_data_key():
         assert not missing, (spec, missing)
 
 
-def test_readme_custom_data_example_runs_as_written_and_reports_progress(tmp_path):
-    """Also issue 17: set-up steps are logged as they happen, and step 1 right after compiling."""
+def test_readme_custom_data_example_runs_as_written_and_reports_progress(
+    tmp_path, capsys, monkeypatch
+):
+    """Also issue 17: set-up steps are logged as they happen, and step 1 right after compiling.
+    The command runs in-process, as its console script runs it."""
     import shlex
+
+    from cmjax.cli import train
 
     readme = (ROOT / "README.md").read_text()
     (line,) = [ln for ln in readme.splitlines() if "--config.data.name=npz" in ln]
@@ -380,15 +385,10 @@ def test_readme_custom_data_example_runs_as_written_and_reports_progress(tmp_pat
         "--config.training.sample_every=0",
         "--config.model.channels=8",
     ]
-    r = subprocess.run(
-        [sys.executable, "-m", "cmjax.cli.train", *args[1:], *budget],
-        cwd=tmp_path,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
+    monkeypatch.chdir(tmp_path)
+    code = train.COMMAND(args + budget)
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
     milestones = [
         "setting up the run",
         "devices: ",
@@ -399,8 +399,8 @@ def test_readme_custom_data_example_runs_as_written_and_reports_progress(tmp_pat
         "step 1/2",  # not only at log_every
         "step 2/2",
     ]
-    positions = [r.stdout.find(m) for m in milestones]
-    assert -1 not in positions and positions == sorted(positions), r.stdout
+    positions = [out.find(m) for m in milestones]
+    assert -1 not in positions and positions == sorted(positions), out
 
 
 # 7. Every user error: one line on stderr, exit code 2, the traceback in a log file ----------

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import dataset, save_run
+from conftest import compiled, dataset, save_run
 
 from cmjax import create_train_state, make_train_step
 from cmjax.config.hparams import TrainHParams
@@ -332,9 +332,9 @@ def test_sct_toy_run_has_no_nan_and_the_weight_learns():
     config.model.update(hidden=32, depth=2)
     config.objective.warmup_steps = 40
     config.training.update(total_steps=120, batch_size=128)
-    step = jax.jit(make_train_step(config), donate_argnums=0)
     state = create_train_state(config, jax.random.key(0))
     data = dataset(config)
+    step = compiled(jax.jit(make_train_step(config), donate_argnums=0), state, data.batch(0))
     history = []
     for k in range(120):
         state, m = step(state, data.batch(k))

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import compiled
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -160,11 +161,12 @@ def test_loss_falls_at_fixed_discretization(toy_config):
     # N fixed at 41: losses comparable over time.
     toy_config.objective.s0 = toy_config.objective.s1 = 40
     toy_config.training.total_steps = 400
-    step = jax.jit(make_train_step(toy_config), donate_argnums=0)
     state = create_train_state(toy_config, jax.random.key(0))
+    batches = [{"x": sample_toy("gaussian_mixture", jax.random.key(k), 64)} for k in range(400)]
+    step = compiled(jax.jit(make_train_step(toy_config), donate_argnums=0), state, batches[0])
     losses = []
-    for k in range(400):
-        state, m = step(state, {"x": sample_toy("gaussian_mixture", jax.random.key(k), 64)})
+    for batch in batches:
+        state, m = step(state, batch)
         losses.append(float(m["loss"]))
     first, last = np.mean(losses[:50]), np.mean(losses[-50:])
     assert np.isfinite(losses).all()
@@ -180,8 +182,9 @@ def test_one_step_samples_approach_the_toy_distribution(toy_config):
     toy_config.training.batch_size = 256
     toy_config.training.total_steps = 800
     hp = TrainHParams.from_config(toy_config)
-    step = jax.jit(make_train_step(toy_config), donate_argnums=0)
     state = create_train_state(toy_config, jax.random.key(0))
+    batches = [{"x": sample_toy("gaussian_mixture", jax.random.key(k), 256)} for k in range(800)]
+    step = compiled(jax.jit(make_train_step(toy_config), donate_argnums=0), state, batches[0])
     held_out = sample_toy("gaussian_mixture", jax.random.key(10_000), 2000)
 
     def sw_one_step(params):
@@ -190,8 +193,8 @@ def test_one_step_samples_approach_the_toy_distribution(toy_config):
         return float(sliced_wasserstein(x, held_out, jax.random.key(7)))
 
     before = sw_one_step(state.params)
-    for k in range(800):
-        state, _ = step(state, {"x": sample_toy("gaussian_mixture", jax.random.key(k), 256)})
+    for batch in batches:
+        state, _ = step(state, batch)
     after = sw_one_step(state.ema_params[0])
     noise_floor = float(
         sliced_wasserstein(
