@@ -26,6 +26,7 @@ from cmjax.core.state import (
     attach_frozen,
     check_frozen_networks,
     init_trained_state,
+    start_from_frozen,
 )
 from cmjax.errors import ConfigError, DistributedError
 from cmjax.objectives import Frozen, FrozenNetwork
@@ -175,7 +176,7 @@ def create_sharded_train_state(
         )
         for name, f in frozen.items()
     }
-    return attach_frozen(state, placed)
+    return start_from_frozen(hp, attach_frozen(state, placed))
 
 
 def sharded_train_state(

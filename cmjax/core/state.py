@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -275,6 +276,52 @@ def attach_frozen(state: TrainState, frozen: Mapping[str, Frozen] | None) -> Tra
     )
 
 
+def with_generator_network(state: TrainState, objective: Any, net_params: Any) -> TrainState:
+    """``state`` at step 0 with the generator's network parameters replaced by
+    ``net_params`` (cast and placed like the ones they replace), its EMA trees equal to them
+    and a fresh optimizer state (the start of ``init_from`` and of a student that starts as
+    its teacher)."""
+    params = objective.replace_net_params(state.params, net_params)
+    params = jax.tree.map(  # own buffers: the source (a frozen teacher) stays in the state
+        lambda p, old: jax.device_put(jnp.array(p, old.dtype, copy=True), old.sharding),
+        params,
+        state.params,
+    )
+    opt_shardings = jax.tree.map(lambda a: a.sharding, state.opt_state)
+    opt_state = jax.jit(state.tx.init, out_shardings=opt_shardings)(params)
+    ema = tuple(jax.tree.map(jnp.copy, params) for _ in state.ema_params)
+    return state.replace(
+        step=jnp.zeros_like(state.step), params=params, ema_params=ema, opt_state=opt_state
+    )
+
+
+def same_layout(a: Any, b: Any) -> bool:
+    """Whether two parameter trees have the same structure and leaf shapes."""
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        return False
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return all(x.shape == y.shape for x, y in pairs)
+
+
+def start_from_frozen(hp: TrainHParams, state: TrainState) -> TrainState:
+    """A fresh state whose generator starts as the frozen network the objective names
+    (``init_from_frozen``: a teacher), when that network has the generator's layout."""
+    name = hp.objective.init_from_frozen()
+    if not name or not state.frozen or name not in state.frozen:
+        return state
+    source = state.frozen[name]
+    if not same_layout(source, hp.objective.net_params(state.params)):
+        logging.getLogger(__name__).warning(
+            "the frozen %r network has another layout than config.model: the generator "
+            "starts from a random initialization (set the objective's init_from_teacher=False "
+            "to say so)",
+            name,
+        )
+        return state
+    logging.getLogger(__name__).info("the generator starts as the frozen %r network", name)
+    return with_generator_network(state, hp.objective, source)
+
+
 def create_train_state(
     config_or_hparams: Mapping[str, Any] | TrainHParams,
     rng: jax.Array,
@@ -284,7 +331,8 @@ def create_train_state(
     """A fresh TrainState at step 0; EMA trees start equal to the parameters.
 
     ``frozen``: the frozen networks the objective reads, ``{name: Frozen(definition,
-    params)}`` as ``cmjax.load_frozen(hp)`` returns them (sCD's teacher); none for most.
+    params)}`` as ``cmjax.load_frozen(hp)`` returns them (sCD's teacher); none for most. A
+    generator that starts as its teacher (CD: ``init_from_frozen``) does so here.
     Pure in ``rng``: ``jax.eval_shape(lambda r: create_train_state(hp, r), rng)`` gives the
     abstract state of an objective without frozen networks.
     """
@@ -295,4 +343,4 @@ def create_train_state(
             n: Frozen(f.network, jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), f.params))
             for n, f in frozen.items()
         }
-    return attach_frozen(init_trained_state(hp, rng), frozen)
+    return start_from_frozen(hp, attach_frozen(init_trained_state(hp, rng), frozen))

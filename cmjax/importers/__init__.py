@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from cmjax.errors import CheckpointImportError
-from cmjax.importers.common import write_workdir
 
 FORMATS = ("cm_cifar10", "cm_imagenet64", "edm")
 
@@ -68,9 +67,20 @@ def import_to_workdir(
     source: str | Path, workdir: str | Path, fmt: str = "auto", **options: Any
 ) -> Any:
     """Import ``source`` and write it as the cmjax work directory ``workdir``; its config."""
+    from cmjax.importers.common import write_workdir
+
     config, params = import_checkpoint(source, fmt, **options)
     write_workdir(workdir, config, params)
     return config
+
+
+def __getattr__(name: str) -> Any:
+    if name == "write_workdir":  # imported on use: the package itself stays light, so its
+        # safe readers (torch_pickle) serve lower layers (cmjax.models.lpips)
+        from cmjax.importers.common import write_workdir
+
+        return write_workdir
+    raise AttributeError(f"module 'cmjax.importers' has no attribute {name!r}")
 
 
 __all__ = [

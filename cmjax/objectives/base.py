@@ -115,16 +115,22 @@ class Player:
 
 @dataclasses.dataclass(frozen=True)
 class FrozenSpec:
-    """A frozen network a method needs: the work directory ``source`` (a ``cmjax-train`` or
+    """A frozen network a method needs.
+
+    ``loader="run"`` (the default): the work directory ``source`` (a ``cmjax-train`` or
     ``cmjax-import`` one, or ``<workdir>/checkpoints/<step>``) whose first EMA network it
-    reads, trained with one of the objectives ``kinds``; ``key`` is the config key that
-    names it and ``hint`` what to set it to (for messages; an empty ``source`` is refused
-    when the network is loaded)."""
+    reads, trained with one of the objectives ``kinds``. Another ``loader`` names a network
+    read from published weight files (``files``), e.g. ``"lpips"``
+    (``cmjax.workdir.frozen.FILE_LOADERS``). ``key`` is the config key that names the source
+    and ``hint`` what to set it to (for messages; an empty source is refused when the
+    network is loaded)."""
 
     source: str
     kinds: tuple[str, ...]
     key: str
     hint: str = ""
+    loader: str = "run"
+    files: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,14 +154,16 @@ class FrozenNetwork:
         return self.model.apply
 
     def abstract_params(self) -> Any:
-        """Its network parameters as ShapeDtypeStructs (nothing allocated)."""
-        x = jnp.zeros((1, *self.data_shape), jnp.float32)
-        labels = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+        """Its network parameters as ShapeDtypeStructs (nothing allocated). A network that is
+        no generator (a feature network) says how to call it: ``model.example_inputs()``."""
         init = self.model.init
-        return jax.eval_shape(
-            lambda r: init({"params": r}, x, jnp.zeros((1,), jnp.float32), labels, False),
-            jax.random.key(0),
-        )["params"]
+        if hasattr(self.model, "example_inputs"):
+            inputs = self.model.example_inputs()
+        else:
+            x = jnp.zeros((1, *self.data_shape), jnp.float32)
+            labels = jnp.zeros((1,), jnp.int32) if self.num_classes else None
+            inputs = (x, jnp.zeros((1,), jnp.float32), labels, False)
+        return jax.eval_shape(lambda r: init({"params": r}, *inputs), jax.random.key(0))["params"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +231,11 @@ class Objective:
     def check_frozen(self, name: str, network: FrozenNetwork) -> None:
         """Raise a ConfigError if frozen network ``name`` does not fit this objective."""
         del name, network
+
+    def init_from_frozen(self) -> str | None:
+        """The frozen network (a teacher) whose parameters start the generator's network in a
+        fresh run when the shapes allow and ``config.init_from`` is unset; None: none."""
+        return None
 
     # -- the generator's parameters ---------------------------------------------------------
     def init_params(self, net_params: Any, rng: jax.Array) -> Any:

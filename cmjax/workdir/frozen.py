@@ -15,16 +15,18 @@ again. In a notebook::
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import jax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cmjax.config.hparams import TrainHParams
 from cmjax.core import parallel
 from cmjax.errors import ConfigError
 from cmjax.objectives import Frozen, FrozenNetwork, FrozenSpec
 from cmjax.workdir.runs import read_run
+from cmjax.workdir.weights import file_network
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -46,8 +48,26 @@ def check_layout(loaded: Any, like: Any, what: str) -> None:
             )
 
 
+def load_files(hp: TrainHParams, name: str, spec: FrozenSpec, mesh: Mesh) -> LoadedFrozen:
+    """A frozen network read from weight files (``spec.loader``), placed on ``mesh``."""
+    network = file_network(spec.loader)
+    missing = [f for f in spec.files if not f]
+    if missing or not spec.files:
+        raise ConfigError(f"{spec.key} is not set; it must name {spec.hint or 'the weight files'}")
+    definition = network.definition()
+    params = network.load(spec.files)
+    check_layout(params, definition.abstract_params(), f"{spec.key} ({', '.join(spec.files)})")
+    hp.objective.check_frozen(name, definition)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    params = jax.tree.map(lambda a: jax.device_put(a, replicated), params)
+    record = {"loader": spec.loader, "files": [str(Path(f).absolute()) for f in spec.files]}
+    return LoadedFrozen(definition, params, record)
+
+
 def load_one(hp: TrainHParams, name: str, spec: FrozenSpec, mesh: Mesh) -> LoadedFrozen:
     """Frozen network ``name`` of ``hp``'s objective, restored onto ``mesh`` and checked."""
+    if spec.loader != "run":
+        return load_files(hp, name, spec, mesh)
     if not spec.source:
         raise ConfigError(f"{spec.key} is not set; it must name {spec.hint or 'a work directory'}")
     run = read_run(spec.source, mesh=mesh, what=spec.key)

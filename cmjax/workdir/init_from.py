@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import traverse_util
 from jax.sharding import Mesh
 
 from cmjax.config.hparams import TrainHParams
-from cmjax.core.state import TrainState
+from cmjax.core.state import TrainState, with_generator_network
 from cmjax.errors import ConfigError
 from cmjax.models import model_name
 from cmjax.workdir.runs import Run, read_run
@@ -65,14 +64,7 @@ def apply_init_from(hp: TrainHParams, state: TrainState, mesh: Mesh) -> TrainSta
     src_model = str(dict(src.config.get("model", {})).get("name"))
     this_model = model_name(hp.model)
     check_same_network(net, objective.net_params(state.params), src_model, this_model, hp.init_from)
-    shardings = jax.tree.map(lambda a: a.sharding, state.params)
-    params = objective.replace_net_params(state.params, net)
-    params = jax.tree.map(
-        lambda p, old, s: jax.device_put(p.astype(old.dtype), s), params, state.params, shardings
-    )
-    opt_shardings = jax.tree.map(lambda a: a.sharding, state.opt_state)
-    opt_state = jax.jit(state.tx.init, out_shardings=opt_shardings)(params)
-    ema = tuple(jax.tree.map(jnp.copy, params) for _ in state.ema_params)
+    new = with_generator_network(state, objective, net)
     n = sum(int(a.size) for a in jax.tree.leaves(net))
     log.info(
         "init_from %s: step %d of a %r run (model %r), its EMA at rate %s: %s network "
@@ -84,6 +76,4 @@ def apply_init_from(hp: TrainHParams, state: TrainState, mesh: Mesh) -> TrainSta
         src.state.ema_rates[0],
         f"{n:,}",
     )
-    return state.replace(
-        step=jnp.zeros_like(state.step), params=params, ema_params=ema, opt_state=opt_state
-    )
+    return new

@@ -23,6 +23,7 @@ from cmjax.core.state import TrainState
 from cmjax.errors import CheckpointError, ConfigError
 from cmjax.objectives import FrozenNetwork
 from cmjax.workdir.checkpoint import Checkpointer
+from cmjax.workdir.weights import file_network
 
 
 def resolve_source(source: str | Path, what: str = "--workdir") -> tuple[Path, int | None]:
@@ -40,12 +41,16 @@ def resolve_source(source: str | Path, what: str = "--workdir") -> tuple[Path, i
 
 
 def definitions_from_records(records: Mapping[str, Any]) -> dict[str, FrozenNetwork]:
-    """The frozen networks' definitions from their checkpoint records (the saved source
-    configs): no file of the sources is read."""
-    return {
-        name: FrozenNetwork.from_hparams(TrainHParams.from_config(rec["config"]))
-        for name, rec in records.items()
-    }
+    """The frozen networks' definitions from their checkpoint records (a run's saved config,
+    or the loader of weight files): no file of the sources is read."""
+    out = {}
+    for name, rec in records.items():
+        loader = rec.get("loader", "run")
+        if loader == "run":
+            out[name] = FrozenNetwork.from_hparams(TrainHParams.from_config(rec["config"]))
+        else:
+            out[name] = file_network(loader).definition()
+    return out
 
 
 @dataclasses.dataclass
