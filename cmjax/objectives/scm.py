@@ -244,12 +244,14 @@ class SCT(TrigFlowBase):
 
 @dataclasses.dataclass(frozen=True)
 class SCD(SCT):
-    """Continuous-time consistency distillation (sCD) from a frozen TrigFlow teacher.
+    """Continuous-time consistency distillation (sCD) from a frozen diffusion teacher.
 
-    ``teacher``: the work directory of a ``trigflow`` run (``config.objective.teacher``). The
-    loop loads its first EMA network once, with its own saved config building its own
-    network (any architecture, same sigma_data and data), and checkpoints it with the run;
-    the teacher runs deterministically (no dropout) with its own time conditioning.
+    ``teacher``: the work directory of a ``trigflow`` run, or of a ``flow`` (flow matching)
+    run, whose velocity is converted into a TrigFlow one without retraining (SANA-Sprint;
+    ``cmjax.objectives.flow``). The loop loads its first EMA network once, with its own saved
+    config building its own network (any architecture; the same data, and for TrigFlow the
+    same sigma_data), and checkpoints it with the run; the teacher runs deterministically (no
+    dropout) with its own time conditioning.
     """
 
     name: ClassVar[str] = "scd"
@@ -260,13 +262,16 @@ class SCD(SCT):
         return {
             "teacher": FrozenSpec(
                 self.teacher,
-                ("trigflow",),
+                ("trigflow", "flow"),
                 "config.objective.teacher",
-                "the work directory of a TrigFlow run (e.g. configs/cifar10_trigflow.py)",
+                "the work directory of a TrigFlow or flow-matching run "
+                "(e.g. configs/cifar10_trigflow.py)",
             )
         }
 
     def check_frozen(self, name: str, network: FrozenNetwork) -> None:
+        if network.objective.name != "trigflow":
+            return  # a flow model: converted for this run's sigma_data
         sd = network.objective.sigma_data
         if sd != self.sigma_data:
             raise ConfigError(
@@ -275,11 +280,17 @@ class SCD(SCT):
             )
 
     def dxdt(self, apply_fn, frozen, x0, z, x_t, t, labels) -> jax.Array:
-        """sCD: the teacher's velocity sd F_teacher(x_t / sd, t), deterministic."""
+        """sCD: the teacher's TrigFlow velocity at (x_t, t), deterministic: sd F_teacher(x_t /
+        sd, t) for a TrigFlow teacher, the converted velocity for a flow teacher."""
         del apply_fn, x0, z
         if not frozen or "teacher" not in frozen:
             raise ValueError("sCD needs the teacher: pass frozen={'teacher': Frozen(...)}")
         teacher: Frozen = frozen["teacher"]
-        return teacher.objective.velocity(
-            teacher.apply_fn, jax.lax.stop_gradient(teacher.params), x_t, t, labels
+        return teacher.objective.velocity_in_trigflow(
+            teacher.apply_fn,
+            jax.lax.stop_gradient(teacher.params),
+            x_t,
+            t,
+            labels,
+            self.sigma_data,
         )

@@ -156,6 +156,17 @@ class TrigFlowBase(Objective):
             **self._kw(),
         )
 
+    def velocity_in_trigflow(
+        self, apply_fn, net_params, x_theta, theta_B, labels, sigma_data: float
+    ) -> jax.Array:
+        """This network as a TrigFlow teacher of a process with noise std ``sigma_data``
+        (which must be its own): its velocity."""
+        if sigma_data != self.sigma_data:
+            raise ValueError(
+                f"a TrigFlow teacher of sigma_data {self.sigma_data}, not {sigma_data}"
+            )
+        return self.velocity(apply_fn, net_params, x_theta, theta_B, labels)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrigFlow(TrigFlowBase):
