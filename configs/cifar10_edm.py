@@ -8,7 +8,10 @@ linear ramp over the first 10 M images, batch 512, 200 M images (390,625 steps),
 non-leaking augmentation pipeline (p = 0.12, with its 9-dim augmentation input to the
 network), which ECT drops too; EDM's EMA ramp-up over the first images.
 
-Variants: "" (the recipe), "tiny" (same code, small widths and budget, for tests).
+Variants: "" (the recipe), "ncsnpp" (the teacher of configs/cifar10_cd.py: the official CD
+code's ``cifar10_k_ve`` EDM run, jcm's NCSN++ with Fourier scale 16 and dropout 0.13, 400k
+steps at batch 512, the same Adam, ramp and EMA half-life), "tiny" (same code, small widths
+and budget, for tests).
 """
 
 from ml_collections import config_dict
@@ -21,6 +24,7 @@ from cmjax.config.sections import (
     shrink_to_tiny,
 )
 from cmjax.models.ddpmpp import DDPMPP_CIFAR10
+from cmjax.models.ncsnpp import NCSNPP_CM_CIFAR10
 
 BATCH = 512
 EMA_HALF_LIFE_IMAGES = 500_000
@@ -34,8 +38,8 @@ def ema_rate_from_half_life(half_life_images: float, batch: int) -> float:
 
 
 def get_config(variant: str = "") -> config_dict.ConfigDict:
-    if variant not in ("", "tiny"):
-        raise ValueError(f"unknown cifar10_edm variant {variant!r}; use '' or 'tiny'")
+    if variant not in ("", "ncsnpp", "tiny"):
+        raise ValueError(f"unknown cifar10_edm variant {variant!r}; use '', 'ncsnpp' or 'tiny'")
     config = config_dict.ConfigDict()
     config.seed = 0
     config.data = data_section("cifar10", (32, 32, 3), num_classes=0, random_flip=False)
@@ -52,6 +56,10 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
         )
     )
     add_run_sections(config)  # Heun, 18 steps
+    if variant == "ncsnpp":
+        config.model = config_dict.ConfigDict(dict(NCSNPP_CM_CIFAR10, dropout=0.13))
+        config.data.random_flip = True  # jcm's default
+        config.training.total_steps = 400_000
     if variant == "tiny":
         # The same tiny network as cifar10_ect:tiny, so init_from fits between them.
         shrink_to_tiny(config, model_channels=16, channel_mult=(1, 2), num_blocks=1)

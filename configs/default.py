@@ -19,7 +19,8 @@ from cmjax.config.sections import (
 
 # The digits' own objective settings (the rest are each objective's defaults): ECT's stage
 # length d = 500 steps, 5 stages over the 2,500-step run; sCT / sCD tangent warmup over 500
-# steps. sCD needs --config.objective.teacher=<a default:trigflow work directory>.
+# steps. sCD needs --config.objective.teacher=<a default:trigflow (or flow) work directory>,
+# CD (l2 on the digits) a default:edm one.
 OBJECTIVES = {"ect": dict(d=500), "sct": dict(warmup_steps=500), "scd": dict(warmup_steps=500)}
 
 

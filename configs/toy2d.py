@@ -20,11 +20,11 @@ from cmjax.data.toy2d import DISTRIBUTIONS
 # length d = 250 steps, so the 2,000-step run goes through 8 stages (the paper's 400k
 # CIFAR-10 iterations go through 16 of 25k). sCT / sCD: tangent warmup over 200 steps (the
 # paper's 10k is for 400k-step image runs); sCD needs
-# --config.objective.teacher=<a toy2d:...,trigflow work directory>.
+# --config.objective.teacher=<a toy2d:...,trigflow or flow work directory>, CD an edm one.
 OBJECTIVES = {"ect": dict(d=250), "sct": dict(warmup_steps=200), "scd": dict(warmup_steps=200)}
 # Two-step intermediate sigma 2.0: the best of 0.08 ... 2.0 on these toys in a sweep (0.821
 # is CIFAR-10's); see benchmarks/quality_toy.py.
-SAMPLING = {"ict": dict(two_step_sigma=2.0), "ect": dict(two_step_sigma=2.0)}
+SAMPLING = {k: dict(two_step_sigma=2.0) for k in ("ict", "ect", "cd")}
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:

@@ -120,15 +120,15 @@ def save_run(workdir, state, config, step=None, frozen=None) -> str:
     return str(workdir)
 
 
-def _train_toy_trigflow(workdir, hidden: int, depth: int, steps: int) -> str:
-    """A toy2d:two_moons,trigflow run (MLP hidden x depth) trained ``steps`` steps and saved as
-    a work directory (one orbax checkpoint with its config), as ``cmjax-train`` leaves it."""
+def _train_toy(workdir, objective: str, hidden: int, depth: int, steps: int) -> str:
+    """A toy2d:two_moons,<objective> run (MLP hidden x depth) trained ``steps`` steps and saved
+    as a work directory (one orbax checkpoint with its config), as ``cmjax-train`` leaves it."""
     import jax
 
     from cmjax import create_train_state, make_train_step
     from cmjax.config import load_config
 
-    config = load_config("toy2d:two_moons,trigflow")
+    config = load_config(f"toy2d:two_moons,{objective}")
     config.model.update(hidden=hidden, depth=depth)
     config.training.update(total_steps=steps, batch_size=256)
     state = create_train_state(config, jax.random.key(0))
@@ -140,15 +140,22 @@ def _train_toy_trigflow(workdir, hidden: int, depth: int, steps: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def trigflow_teacher(tmp_path_factory):
-    """``make(hidden=32, depth=2, steps=20)`` -> the work directory of a toy TrigFlow run
-    (sCD's teacher), trained once per session and size."""
+def toy_teacher(tmp_path_factory):
+    """``make(objective, hidden=32, depth=2, steps=20)`` -> the work directory of a two-moons
+    toy run of ``objective`` (a teacher: trigflow or flow for sCD, edm for CD), trained once
+    per session and setting."""
     cache = {}
 
-    def make(hidden: int = 32, depth: int = 2, steps: int = 20) -> str:
-        key = (hidden, depth, steps)
+    def make(objective: str, hidden: int = 32, depth: int = 2, steps: int = 20) -> str:
+        key = (objective, hidden, depth, steps)
         if key not in cache:
-            cache[key] = _train_toy_trigflow(tmp_path_factory.mktemp("teacher"), *key)
+            cache[key] = _train_toy(tmp_path_factory.mktemp(f"teacher_{objective}"), *key)
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trigflow_teacher(toy_teacher):
+    """``make(hidden=32, depth=2, steps=20)`` -> a toy TrigFlow run's work directory."""
+    return lambda hidden=32, depth=2, steps=20: toy_teacher("trigflow", hidden, depth, steps)

@@ -84,7 +84,17 @@ def test_network_settings():
 
 
 @pytest.mark.parametrize(
-    "spec", ["default", "default:tiny", "toy2d", "cifar10_ict:tiny", "imagenet64_ict:tiny"]
+    "spec",
+    [
+        "default",
+        "default:tiny",
+        "toy2d",
+        "cifar10_ict:tiny",
+        "imagenet64_ict:tiny",
+        "cifar10_cd:tiny",
+        "imagenet64_cd:tiny",
+        "cifar10_edm:ncsnpp",
+    ],
 )
 def test_shipped_configs_validate(spec):
     validate_config(load_config(spec))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cmjax.config import TrainHParams
 from cmjax.importers import CheckpointImportError, import_checkpoint, write_workdir
 from cmjax.models import build_model
 
@@ -172,6 +174,34 @@ def test_cm_imagenet64_matches_reference_network(tag, scale_shift):
     out = _net_out(config, params, golden, jnp.asarray(golden["labels"]))
     assert np.abs(golden[f"out_{tag}"]).max() > 1.0
     np.testing.assert_allclose(out, golden[f"out_{tag}"], rtol=0, atol=TOL)
+
+
+def test_the_cm_imagenet64_teacher_imports_as_an_edm_denoiser(tmp_path):
+    """edm_imagenet64_ema.pt (CD's teacher) is an EDM denoiser: D = c_skip x + c_out F with
+    EDM's scalings (no sigma_min offset) and c_noise = 1000 ln(sigma) / 4, so CD can read it."""
+    golden = np.load(CM_IMAGENET / "golden.npz")
+    teacher = tmp_path / "edm_imagenet64_ema.pt"
+    shutil.copy(CM_IMAGENET / "adm_plain.pt", teacher)
+    config, params = import_checkpoint(teacher, image_size=16, num_head_channels=16)
+    assert config.objective.name == "edm" and config.model.noise_cond_scale == 1000.0
+    hp = TrainHParams.from_config(config)
+    model = build_model(config.model)
+    sd = 0.5
+    s = np.asarray(golden["sigma"], np.float64)[:, None, None, None]
+    x = golden["x"] * np.sqrt(s**2 + sd**2)  # so that c_in x is the fixture's network input
+    d = hp.objective.denoise(
+        model.apply,
+        params,
+        jnp.asarray(x, jnp.float32),
+        jnp.asarray(golden["sigma"]),
+        jnp.asarray(golden["labels"]),
+    )
+    expected = sd**2 / (s**2 + sd**2) * x + s * sd / np.sqrt(s**2 + sd**2) * golden["out_plain"]
+    np.testing.assert_allclose(np.asarray(d), expected, rtol=0, atol=TOL)
+    config, _ = import_checkpoint(teacher, image_size=16, num_head_channels=16, objective="ict")
+    assert config.objective.name == "ict"
+    with pytest.raises(CheckpointImportError, match="use ict or edm"):
+        import_checkpoint(teacher, image_size=16, num_head_channels=16, objective="cd")
 
 
 def test_cm_imagenet64_unbuildable_settings_are_one_clear_error():

@@ -13,10 +13,10 @@ from cmjax.evaluation.sliced_wasserstein import sliced_wasserstein
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_toy_sample_distance_falls(name, trigflow_teacher):
+def test_toy_sample_distance_falls(name, toy_teacher):
     steps, batch, factor, hidden, depth = FALLS[name]
     hp, frozen = toy(
-        name, steps=steps, batch=batch, teacher=trigflow_teacher, hidden=hidden, depth=depth
+        name, steps=steps, batch=batch, teacher=toy_teacher, hidden=hidden, depth=depth
     )
     state = create_train_state(hp, jax.random.key(0), frozen=frozen)
     data = dataset(hp)

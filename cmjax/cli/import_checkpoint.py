@@ -46,6 +46,14 @@ def define(fv: flags.FlagValues, argv: Sequence[str]) -> None:
         flag_values=fv,
     )
 
+    flags.DEFINE_enum(
+        "objective",
+        "auto",
+        ["auto", "ict", "edm"],
+        "ImageNet 64 CM: what the file is; auto: edm for a file named edm*, else ict.",
+        flag_values=fv,
+    )
+
 
 def main(fv: flags.FlagValues) -> None:
     from cmjax.errors import UserError
@@ -63,6 +71,8 @@ def main(fv: flags.FlagValues) -> None:
             raise UserError("--attn_resolutions must be integers, e.g. 16 or 16,8") from None
     if fv.num_head_channels is not None:
         options["num_head_channels"] = fv.num_head_channels
+    if fv.objective != "auto":
+        options["objective"] = fv.objective
     config = import_to_workdir(fv.source, fv.workdir, fv.format, **options)
     print(
         f"wrote {fv.workdir}: model {config.model.name}, objective {config.objective.name}, "

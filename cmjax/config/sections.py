@@ -23,12 +23,14 @@ from cmjax.objectives import OBJECTIVES
 
 # What a small CPU network (the toy MLP, the digits UNet) needs beside an objective's
 # defaults: the TrigFlow family's times t in [0, pi/2] through a positional (low-frequency)
-# embedding of c_noise = t, and MeanFlow's second time input h = t - r.
+# embedding of c_noise = t (flow matching's t in [0, 1] too), and MeanFlow's second time
+# input h = t - r.
 SMALL_NETWORK_MODEL: dict[str, dict[str, Any]] = {
     "trigflow": dict(time_embedding="positional"),
     "sct": dict(time_embedding="positional"),
     "scd": dict(time_embedding="positional"),
     "meanflow": dict(second_time_input=True),
+    "flow": dict(time_embedding="positional"),
 }
 
 

@@ -8,7 +8,10 @@ models use scale-shift norm (AdaGN); iCT-style ADMs without it import too.
 cmjax's ``adm`` is that UNet (GroupNorm32 with eps 1e-5, resblock up/down sampling, q/k/v
 split before heads as the flash/"b (three h d) s" layout). The reference's denoiser feeds
 c_noise = 1000 ln(sigma) / 4 and uses the consistency scalings with sigma_min = 0.002, so the
-written config has objective ``ict`` and ``noise_cond_scale`` 1000.
+written config has objective ``ict`` and ``noise_cond_scale`` 1000. The CD teacher
+``edm_imagenet64_ema.pt`` is an EDM denoiser (EDM's scalings, no sigma_min offset; the same
+c_noise), so a file whose name starts with ``edm`` is written as objective ``edm`` (the
+teacher ``configs/imagenet64_cd.py`` reads); ``objective=`` says which when the name does not.
 """
 
 from __future__ import annotations
@@ -196,14 +199,27 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def import_cm_imagenet64(
-    path: str | Path, *, image_size: int = 64, num_head_channels: int = 64, **unused: Any
+    path: str | Path,
+    *,
+    image_size: int = 64,
+    num_head_channels: int = 64,
+    objective: str | None = None,
+    **unused: Any,
 ):
     """(config, network params) for a consistency_models ADM state dict (.pt).
 
     ``num_head_channels`` (64 in the published models) is not recorded in the weights.
+    ``objective``: ``"ict"`` (a consistency model: cd_*, ct_*) or ``"edm"`` (the teacher
+    edm_imagenet64_ema.pt); None: ``"edm"`` when the file name starts with "edm".
     """
     if unused:
         raise CheckpointImportError(f"options {sorted(unused)} do not apply to cm_imagenet64")
+    if objective is None:
+        objective = "edm" if Path(path).name.lower().startswith("edm") else "ict"
+    if objective not in ("ict", "edm"):
+        raise CheckpointImportError(
+            f"--objective={objective} does not apply to cm_imagenet64; use ict or edm"
+        )
     sd = read_state_dict(path)
     settings = implied_settings(sd, image_size, num_head_channels)
     shape = (image_size, image_size, 3)
@@ -220,8 +236,8 @@ def import_cm_imagenet64(
         shape=shape,
         num_classes=settings["num_classes"],
         model=settings,
-        objective="ict",
-        sampling=dict(two_step_sigma=TWO_STEP_SIGMA_CD),
+        objective=objective,
+        sampling=dict(two_step_sigma=TWO_STEP_SIGMA_CD) if objective == "ict" else None,
         ema_rates=(0.9999432189950708,),
     )
     return config, params

@@ -143,7 +143,7 @@ def make_config(
     num_classes: int,
     model: Mapping[str, Any],
     objective: str,
-    sampling: Mapping[str, Any],
+    sampling: Mapping[str, Any] | None,
     ema_rates: tuple[float, ...],
     objective_overrides: Mapping[str, Any] | None = None,
 ) -> config_dict.ConfigDict:

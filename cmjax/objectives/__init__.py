@@ -10,6 +10,8 @@
 | ``sct`` | continuous-time consistency training (Lu & Song 2024) | sCT and sCD |
 | ``scd`` | continuous-time consistency distillation from a TrigFlow teacher | sCT and sCD |
 | ``meanflow`` | average-velocity flow, 1-step sampling (Geng et al. 2025) | MeanFlow |
+| ``flow`` | flow matching / rectified flow, Euler sampler; a teacher of sCD | Flow matching |
+| ``cd`` | consistency distillation from a frozen EDM teacher (Song et al. 2023) | CD |
 
 A method of your own plugs in with :func:`register_objective` (docs/architecture.md).
 """
@@ -27,8 +29,10 @@ from cmjax.objectives.base import (
     Player,
     SamplerPlan,
 )
+from cmjax.objectives.cd import CD
 from cmjax.objectives.ect import ECT
 from cmjax.objectives.edm import EDM
+from cmjax.objectives.flow import Flow
 from cmjax.objectives.ict import ICT
 from cmjax.objectives.meanflow import MeanFlow
 from cmjax.objectives.scm import SCD, SCT
@@ -42,6 +46,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "sct": SCT,
     "scd": SCD,
     "meanflow": MeanFlow,
+    "flow": Flow,
+    "cd": CD,
 }
 
 
@@ -58,6 +64,7 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
 
 
 __all__ = [
+    "CD",
     "ECT",
     "EDM",
     "GENERATOR",
@@ -65,6 +72,7 @@ __all__ = [
     "OBJECTIVES",
     "SCD",
     "SCT",
+    "Flow",
     "Frozen",
     "FrozenNetwork",
     "FrozenSpec",
