@@ -372,3 +372,43 @@ def test_paper_configs(spec, n, mu, distance, pool, lr, warmup, batch, emas):
         )
         assert config.training.total_steps == 600_000
         assert config.sampling.two_step_sigma == pytest.approx(1.3823679566485092)
+
+
+# Computed once with the official JAX CD code (openai/consistency_models_cifar10,
+# jcm/losses.py get_consistency_loss_fn) on the tiny network and draws of
+# tests/fixtures/jcm_cd (make_golden.py, README.md there): batch-mean losses.
+JCM_GOLDEN = {
+    ("l2", "uniform", "heun", False): 0.004058144986629486,
+    ("l1", "snrp1", "heun", True): 17.22260856628418,
+    ("l2", "truncated_snr", "euler", True): 0.2703379988670349,
+}
+
+
+@pytest.mark.parametrize("key", list(JCM_GOLDEN))
+def test_the_cd_loss_equals_jcms_on_fixed_draws(key):
+    import sys
+    from pathlib import Path
+
+    distance, weighting, solver, with_target = key
+    fixtures = Path(__file__).parent / "fixtures" / "jcm_cd"
+    sys.path.insert(0, str(fixtures))
+    from tiny import TinyNet, tiny_params, tiny_x
+
+    draws = np.load(fixtures / "draws.npz")
+    apply = TinyNet().apply
+    teacher = Frozen(FrozenNetwork(EDM(), types.SimpleNamespace(apply=apply), (4, 4, 3), 0), {})
+    teacher = Frozen(teacher.network, tiny_params(3))
+    cd = CD(teacher="jcm", distance=distance, weighting=weighting, teacher_solver=solver)
+    method_state = {"target": tiny_params(2)} if with_target else None
+    nets = Nets({GENERATOR: tiny_params(1)}, {GENERATOR: apply}, {"teacher": teacher}, method_state)
+    loss, _ = cd.loss_at(
+        tiny_params(1),
+        nets,
+        jnp.asarray(tiny_x()),
+        None,
+        jnp.asarray(draws["indices"]),
+        jnp.asarray(draws["z"]),
+        jax.random.key(0),
+        jax.random.key(1),
+    )
+    assert float(jnp.mean(loss)) == pytest.approx(JCM_GOLDEN[key], rel=2e-5)

@@ -297,28 +297,36 @@ class CD(ConsistencySampling, Objective):
         del step
         if player != GENERATOR:
             raise NotImplementedError(f"CD has no player {player!r}")
-        x, labels = batch["x"], batch.get("label")
-        apply_fn = nets.apply[GENERATOR]
+        x = batch["x"]
         k_n, k_z, k_dropout, k_teacher = jax.random.split(rng, 4)
-        grid = karras_descending(self.num_scales, self.sigma_min, self.sigma_max, self.rho)
         n = jax.random.randint(k_n, x.shape[:1], 0, self.num_scales - self.skip)
+        z = jax.random.normal(k_z, x.shape, jnp.float32)
+        return self.loss_at(params, nets, x, batch.get("label"), n, z, k_dropout, k_teacher)
+
+    def loss_at(self, params, nets: Nets, x, labels, n, z, dropout_rng, teacher_rng):
+        """The loss at given grid indices ``n`` (B,) int in [0, N - 1 - skip] and noise ``z``
+        (like ``x``): (per-example lambda(t) d, metrics)."""
+        apply_fn = nets.apply[GENERATOR]
+        grid = karras_descending(self.num_scales, self.sigma_min, self.sigma_max, self.rho)
         t, t2 = grid[n], grid[n + self.skip]
-        x_t = x + per_example(t, x.ndim) * jax.random.normal(k_z, x.shape, jnp.float32)
-        student = self.f(apply_fn, params, x_t, t, labels, k_dropout)
+        x_t = x + per_example(t, x.ndim) * z
+        student = self.f(apply_fn, params, x_t, t, labels, dropout_rng)
         x_t2 = teacher_step(
             nets.frozen["teacher"],
             x_t,
             t,
             t2,
             labels,
-            k_teacher,
+            teacher_rng,
             solver=self.teacher_solver,
             substeps=self.substeps,
             eta=self.eta,
             rho=self.rho,
         )
         target_params = params if nets.method_state is None else nets.method_state["target"]
-        target = self.f(apply_fn, jax.lax.stop_gradient(target_params), x_t2, t2, labels, k_dropout)
+        target = self.f(
+            apply_fn, jax.lax.stop_gradient(target_params), x_t2, t2, labels, dropout_rng
+        )
         target = jax.lax.stop_gradient(target)
         dist = self.distance_fn(nets)(student, target)
         weight = cd_weight(t, self.weighting)
