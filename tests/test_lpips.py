@@ -108,3 +108,56 @@ def test_the_loop_loads_lpips_as_a_frozen_network_and_records_its_files():
     hp = TrainHParams.from_config(config)
     with pytest.raises(ConfigError, match="lpips_vgg and lpips_lin is not set"):
         load_one(hp, "lpips", hp.objective.frozen_networks()["lpips"], mesh)
+
+
+def test_a_cd_run_with_lpips_resumes_bit_exactly_from_its_records(tmp_path):
+    """Digits CD with the LPIPS distance: the frozen LPIPS network (files) and the teacher
+    (a run) are checkpointed with the state; a restore rebuilds both from the records alone
+    and continues bit for bit. The gradient through LPIPS is finite even where every VGG
+    channel is 0 (vgg_const.pth kills them all)."""
+    from conftest import dataset, save_run
+
+    from cmjax import create_train_state, make_train_step
+    from cmjax.workdir.checkpoint import Checkpointer
+    from cmjax.workdir.frozen import frozen_records, load_frozen
+    from cmjax.workdir.runs import definitions_from_records
+
+    teacher_config = load_config("default:tiny,edm")
+    teacher = save_run(
+        tmp_path / "teacher",
+        create_train_state(teacher_config, jax.random.key(1)),
+        teacher_config,
+    )
+    config = load_config("default:tiny,cd")
+    config.training.batch_size = 4
+    config.objective.update(
+        teacher=teacher,
+        distance="lpips",
+        lpips_vgg=str(FIXTURES / "vgg_const.pth"),
+        lpips_lin=str(FIXTURES / "lin.pth"),
+        lpips_size=16,
+        target_ema=0.9,
+    )
+    hp = TrainHParams.from_config(config)
+    frozen = load_frozen(hp)
+    step = jax.jit(make_train_step(hp))
+    data = dataset(hp)
+    straight = create_train_state(hp, jax.random.key(0), frozen=frozen)
+    for k in range(4):
+        straight, metrics = step(straight, data.batch(k))
+        assert np.isfinite(float(metrics["loss"]))
+        assert np.isfinite(float(metrics["grad_norm"]))
+    state = create_train_state(hp, jax.random.key(0), frozen=frozen)
+    for k in range(2):
+        state, _ = step(state, data.batch(k))
+    ckpt = Checkpointer(tmp_path / "run", async_save=False)
+    ckpt.save(2, state, config, force=True, frozen=frozen_records(frozen))
+    ckpt.wait_until_finished()
+    defs = definitions_from_records(frozen_records(frozen))
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    resumed = ckpt.restore(parallel.abstract_train_state(hp, mesh, defs))
+    ckpt.close()
+    for k in range(2, 4):
+        resumed, _ = step(resumed, data.batch(k))
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -77,8 +77,12 @@ class LPIPS(nn.Module):
 
 
 def _unit(f: jax.Array) -> jax.Array:
-    """Features divided by their norm over channels (+ 1e-10), as the lpips package."""
-    return f / (jnp.sqrt(jnp.sum(jnp.square(f), axis=-1, keepdims=True)) + 1e-10)
+    """Features divided by their norm over channels (+ 1e-10), as the lpips package. The
+    squared norm is floored at 1e-30 inside the square root: the same value wherever it
+    matters, and a finite gradient where every channel of a position is 0 after its ReLU
+    (sqrt's derivative is infinite at 0, and 0 * inf would put NaN into the student)."""
+    sq = jnp.sum(jnp.square(f), axis=-1, keepdims=True)
+    return f / (jnp.sqrt(jnp.maximum(sq, 1e-30)) + 1e-10)
 
 
 def lpips_params(vgg: Mapping[str, np.ndarray], lin: Mapping[str, np.ndarray]) -> dict:
