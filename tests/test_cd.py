@@ -260,6 +260,9 @@ def test_f_at_sigma_min_is_the_identity_for_any_network():
         (dict(skip=18), "skip"),
         (dict(target_ema=1.0), "target_ema"),
         (dict(lpips_pool="mean"), "lpips_pool"),
+        (dict(eta=0.5), "eta is the sde teacher's noise"),
+        (dict(teacher_solver="sde", eta=1.5), "in \\[0, 1\\]"),
+        (dict(lpips_vgg="vgg.pth"), "distance is 'l2'"),
     ],
 )
 def test_bad_cd_settings_are_one_line_config_errors(overrides, words):
@@ -281,18 +284,19 @@ def test_the_student_starts_as_its_teacher_when_the_shapes_allow(toy_teacher, ca
     from cmjax.workdir.frozen import load_frozen
 
     teacher = toy_teacher("edm", hidden=32, depth=2, steps=20)
-    hp = _toy_cd(teacher)
+    hp = _toy_cd(teacher, target_ema=0.9)
     frozen = load_frozen(hp)
     state = create_train_state(hp, jax.random.key(0), frozen=frozen)
     student = hp.objective.net_params(state.params)
-    for a, b, e in zip(
+    for a, b, e, tgt in zip(
         jax.tree.leaves(student),
         jax.tree.leaves(frozen["teacher"].params),
         jax.tree.leaves(hp.objective.net_params(state.ema_params[0])),
+        jax.tree.leaves(state.method_state["target"]),  # the target network starts there too
         strict=True,
     ):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        np.testing.assert_array_equal(np.asarray(e), np.asarray(b))
+        for other in (b, e, tgt):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(other))
     # Opted out, or another width: a fresh initialization, and the latter says so.
     hp = _toy_cd(teacher, init_from_teacher=False)
     fresh = hp.objective.net_params(create_train_state(hp, jax.random.key(0), frozen=frozen).params)

@@ -290,8 +290,21 @@ def with_generator_network(state: TrainState, objective: Any, net_params: Any) -
     opt_shardings = jax.tree.map(lambda a: a.sharding, state.opt_state)
     opt_state = jax.jit(state.tx.init, out_shardings=opt_shardings)(params)
     ema = tuple(jax.tree.map(jnp.copy, params) for _ in state.ema_params)
+    # The method state starts again from the new parameters (CD's target network must start
+    # as the student does, not as the random initialization it replaced).
+    others = {n: s.params for n, s in (state.networks or {}).items()}
+    method_state = objective.init_method_state({GENERATOR: params, **others}, jax.random.key(0))
+    old = state.method_state
+    if old is not None and jax.tree.structure(old) == jax.tree.structure(method_state):
+        method_state = jax.tree.map(
+            lambda a, o: jax.device_put(jnp.asarray(a, o.dtype), o.sharding), method_state, old
+        )
     return state.replace(
-        step=jnp.zeros_like(state.step), params=params, ema_params=ema, opt_state=opt_state
+        step=jnp.zeros_like(state.step),
+        params=params,
+        ema_params=ema,
+        opt_state=opt_state,
+        method_state=method_state,
     )
 
 
@@ -307,8 +320,8 @@ def start_from_frozen(hp: TrainHParams, state: TrainState) -> TrainState:
     """A fresh state whose generator starts as the frozen network the objective names
     (``init_from_frozen``: a teacher), when that network has the generator's layout."""
     name = hp.objective.init_from_frozen()
-    if not name or not state.frozen or name not in state.frozen:
-        return state
+    if not name or not state.frozen or name not in state.frozen or hp.init_from:
+        return state  # (config.init_from, applied after this, wins)
     source = state.frozen[name]
     if not same_layout(source, hp.objective.net_params(state.params)):
         logging.getLogger(__name__).warning(

@@ -131,6 +131,7 @@ class FrozenSpec:
     hint: str = ""
     loader: str = "run"
     files: tuple[str, ...] = ()
+    file_keys: tuple[str, ...] = ()  # the config key of each file, for messages
 
 
 @dataclasses.dataclass(frozen=True)

@@ -159,7 +159,7 @@ class CD(ConsistencySampling, Objective):
     target_ema: float = 0.0  # mu: 0 = the online network under stop-gradient
     teacher_solver: str = "heun"  # heun | euler | sde (SCott)
     substeps: int = 1  # solver steps from t to t'
-    eta: float = 1.0  # the sde solver's noise (DDIM eta)
+    eta: float | None = None  # the sde solver's noise (DDIM eta in [0, 1]); None: 1
     skip: int = 1  # grid points between t and t'
     init_from_teacher: bool = True  # the student starts as the teacher when shapes allow
     lpips_vgg: str = ""  # distance "lpips": torchvision's VGG16 state dict (.pth)
@@ -183,8 +183,20 @@ class CD(ConsistencySampling, Objective):
                 "CD needs 1 <= config.objective.skip <= num_scales - 1 and substeps >= 1, got "
                 f"skip={self.skip}, num_scales={self.num_scales}, substeps={self.substeps}"
             )
-        if not 0.0 <= self.target_ema < 1.0 or self.eta < 0:
-            raise ConfigError("CD needs 0 <= target_ema < 1 and eta >= 0")
+        if not 0.0 <= self.target_ema < 1.0:
+            raise ConfigError(
+                f"config.objective.target_ema must be in [0, 1), got {self.target_ema}"
+            )
+        if self.eta is not None and (self.teacher_solver != "sde" or not 0 <= self.eta <= 1):
+            raise ConfigError(
+                "config.objective.eta is the sde teacher's noise, in [0, 1]; got "
+                f"eta={self.eta} with teacher_solver={self.teacher_solver!r}"
+            )
+        if self.distance != "lpips" and (self.lpips_vgg or self.lpips_lin):
+            raise ConfigError(
+                "config.objective.lpips_vgg / lpips_lin are set but distance is "
+                f"{self.distance!r}: set distance='lpips' or leave the files unset"
+            )
         if not 0 < self.sigma_min < self.two_step_sigma < self.sigma_max:
             raise ConfigError(
                 "CD needs 0 < sigma_min < config.sampling.two_step_sigma < sigma_max, got "
@@ -223,6 +235,7 @@ class CD(ConsistencySampling, Objective):
                 "torchvision's VGG16 state dict and the lpips package's vgg.pth",
                 loader="lpips",
                 files=(self.lpips_vgg, self.lpips_lin),
+                file_keys=("config.objective.lpips_vgg", "config.objective.lpips_lin"),
             )
         return specs
 
@@ -233,6 +246,13 @@ class CD(ConsistencySampling, Objective):
             raise ConfigError(
                 f"the teacher has sigma_data={network.objective.sigma_data}, this run "
                 f"{self.sigma_data}: noise levels agree only when they match"
+            )
+        scale = network.objective.noise_cond_scale
+        if self.init_from_teacher and scale != self.noise_cond_scale:
+            raise ConfigError(
+                f"the student starts as the teacher, whose network reads c_noise scaled by "
+                f"{scale}; this run's config.model.noise_cond_scale is {self.noise_cond_scale}: "
+                "set it to the teacher's, or config.objective.init_from_teacher=False"
             )
 
     def init_from_frozen(self) -> str | None:
@@ -320,7 +340,7 @@ class CD(ConsistencySampling, Objective):
             teacher_rng,
             solver=self.teacher_solver,
             substeps=self.substeps,
-            eta=self.eta,
+            eta=1.0 if self.eta is None else self.eta,
             rho=self.rho,
         )
         target_params = params if nets.method_state is None else nets.method_state["target"]

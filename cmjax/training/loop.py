@@ -139,6 +139,9 @@ def _start(
         return resumed.state, abstract, resumed.frozen_records
     frozen = load_frozen(hp, mesh)
     for name, f in frozen.items():
+        if "loader" in f.record:  # read from published weight files
+            log.info("frozen network %r: %s", name, ", ".join(f.record["files"]))
+            continue
         log.info(
             "frozen network %r: step %d of %s (objective %r, network %r)",
             name,

@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cmjax.config.hparams import TrainHParams
 from cmjax.core import parallel
-from cmjax.errors import ConfigError
+from cmjax.errors import ConfigError, WeightsError
 from cmjax.objectives import Frozen, FrozenNetwork, FrozenSpec
 from cmjax.workdir.runs import read_run
 from cmjax.workdir.weights import file_network
@@ -51,11 +51,16 @@ def check_layout(loaded: Any, like: Any, what: str) -> None:
 def load_files(hp: TrainHParams, name: str, spec: FrozenSpec, mesh: Mesh) -> LoadedFrozen:
     """A frozen network read from weight files (``spec.loader``), placed on ``mesh``."""
     network = file_network(spec.loader)
-    missing = [f for f in spec.files if not f]
-    if missing or not spec.files:
-        raise ConfigError(f"{spec.key} is not set; it must name {spec.hint or 'the weight files'}")
+    keys = spec.file_keys or (spec.key,) * len(spec.files)
+    unset = [k for k, f in zip(keys, spec.files, strict=True) if not f]
+    if unset or not spec.files:
+        what = " and ".join(dict.fromkeys(unset)) or spec.key
+        raise ConfigError(f"{what} is not set; {spec.key} must name {spec.hint or 'the files'}")
     definition = network.definition()
-    params = network.load(spec.files)
+    try:
+        params = network.load(spec.files)
+    except WeightsError as e:
+        raise WeightsError(f"{spec.key}: {e}") from None
     check_layout(params, definition.abstract_params(), f"{spec.key} ({', '.join(spec.files)})")
     hp.objective.check_frozen(name, definition)
     replicated = NamedSharding(mesh, PartitionSpec())
