@@ -20,6 +20,7 @@ ENTRY_POINTS = {
     "cmjax-import": ("cmjax.cli.import_checkpoint", ["source", "workdir", "format"]),
     "cmjax-prepare-imagenet": ("cmjax.cli.prepare_imagenet", ["src", "out", "workers"]),
     "cmjax-demo": ("cmjax.cli.demo", ["distribution", "steps"]),
+    "cmjax-compile": ("cmjax.cli.compile", ["config", "topology", "per_chip_batch", "max_batch"]),
 }
 
 

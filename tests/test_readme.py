@@ -73,6 +73,7 @@ ENTRY_POINTS = {
     "cmjax-import": "cmjax.cli.import_checkpoint",
     "cmjax-prepare-imagenet": "cmjax.cli.prepare_imagenet",
     "cmjax-demo": "cmjax.cli.demo",
+    "cmjax-compile": "cmjax.cli.compile",
 }
 
 
