@@ -12,6 +12,7 @@ from ``--per_chip_batch`` while the step fits the chip's memory, then bisects.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Sequence
@@ -46,17 +47,19 @@ def define(fv: flags.FlagValues, argv: Sequence[str]) -> None:
 
 def tpu_devices(topology: str, num_slices: int):
     """The devices of a TPU topology, compiled for from this machine (libtpu needed)."""
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # a second process (pytest -n)
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no metadata server here
-    try:
-        import libtpu  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("libtpu") is None:
         raise UserError(
             "compiling for a TPU needs libtpu: in a separate virtual environment run "
             'pip install "cmjax[tpu]" (or pass --topology=cpu)'
-        ) from None
+        )
     from jax.experimental import topologies
 
+    # libtpu's machine-wide lock would refuse a second process (pytest -n); without a TPU
+    # metadata server it wants worker hostnames. Set only while the topology is made, so a
+    # later cmjax-train in this process does not take the machine for a TPU host.
+    env = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_WORKER_HOSTNAMES": "localhost"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: os.environ.get(k) or v for k, v in env.items()})
     try:
         kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
         return topologies.get_topology_desc(
@@ -67,6 +70,12 @@ def tpu_devices(topology: str, num_slices: int):
             f"--topology={topology} is not a TPU topology libtpu knows (e.g. v5p:2x2x1, "
             f"v5e:2x2, v4:2x2x2): {str(e).splitlines()[0][:200]}"
         ) from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def frozen_definitions(hp):
