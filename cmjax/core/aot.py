@@ -94,8 +94,8 @@ class CompileReport:
             f"memory per chip (compiler): arguments {_size(self.argument_bytes)}, temporaries "
             f"{_size(self.temp_bytes)}, outputs {_size(self.output_bytes)} (donated "
             f"{_size(self.alias_bytes)}); peak {_size(self.peak_bytes)}{cap}{fits}",
-            f"FLOPs (compiler): {self.flops / 1e9:.2f} GFLOP per chip and step, "
-            f"{self.flops_per_image / 1e9:.2f} GFLOP per image",
+            f"FLOPs (compiler): {_flop(self.flops)} per chip and step, "
+            f"{_flop(self.flops_per_image)} per image",
         ]
         if self.estimated_step_s:
             mfu = f", MFU {self.mfu:.2f}" if self.mfu is not None else ""
@@ -108,6 +108,10 @@ class CompileReport:
 
 def _size(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+
+def _flop(n: float) -> str:
+    return f"{n / 1e9:.2f} GFLOP" if n >= 1e9 else f"{n / 1e6:.2f} MFLOP"
 
 
 def chip_figures(device_kind: str, topology: str = "") -> tuple[float | None, float | None]:
