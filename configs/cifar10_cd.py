@@ -26,7 +26,7 @@ from cmjax.config.sections import (
     optim_section,
     shrink_to_tiny,
 )
-from cmjax.models.ncsnpp import NCSNPP_CM_CIFAR10
+from cmjax.importers.cm_cifar10 import PAPER_MODEL as NCSNPP_CM_CIFAR10
 
 BATCH = 512
 

@@ -23,8 +23,8 @@ from cmjax.config.sections import (
     optim_section,
     shrink_to_tiny,
 )
+from cmjax.importers.cm_cifar10 import PAPER_MODEL as NCSNPP_CM_CIFAR10
 from cmjax.models.ddpmpp import DDPMPP_CIFAR10
-from cmjax.models.ncsnpp import NCSNPP_CM_CIFAR10
 
 BATCH = 512
 EMA_HALF_LIFE_IMAGES = 500_000

@@ -28,6 +28,7 @@ from cmjax.config.sections import (
     optim_section,
     shrink_to_tiny,
 )
+from cmjax.importers.cm_imagenet64 import PAPER_MODEL as CM_ADM
 from cmjax.importers.cm_imagenet64 import TWO_STEP_SIGMA_CD
 
 EMA_RATES = (0.9999432189950708, 0.999, 0.9999)
@@ -40,22 +41,8 @@ def get_config(variant: str = "") -> config_dict.ConfigDict:
     config.seed = 0
     # name "imagenet64", or "prepared" (ADM preprocessing) with path=DIR (configs/imagenet64_ict.py)
     config.data = data_section("imagenet64", (64, 64, 3), num_classes=1000, random_flip=True)
-    config.model = config_dict.ConfigDict(
-        dict(
-            name="adm",
-            model_channels=192,
-            channel_mult=(1, 2, 3, 4),
-            num_res_blocks=3,
-            attn_resolutions=(32, 16, 8),
-            num_head_channels=64,
-            dropout=0.0,
-            use_scale_shift_norm=True,
-            num_classes=1000,
-            norm_groups=32,
-            dtype="float32",
-            noise_cond_scale=1000.0,
-        )
-    )
+    # The published CD models' ADM (scale-shift norm, dropout 0), as the importer builds it.
+    config.model = config_dict.ConfigDict(dict(CM_ADM))
     config.objective = objective_section(
         "cd",
         num_scales=40,

@@ -20,8 +20,9 @@ from cmjax.errors import ConfigError, WeightsError
 from cmjax.importers.torch_pickle import load
 from cmjax.models.lpips import LPIPS, load_lpips_params, lpips_params
 from cmjax.objectives import CD
-from cmjax.objectives.base import Frozen, FrozenNetwork, Nets
+from cmjax.objectives.base import Frozen, Nets
 from cmjax.workdir.frozen import load_one
+from cmjax.workdir.weights import file_network
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lpips"
 sys.path.insert(0, str(FIXTURES))
@@ -49,15 +50,14 @@ def test_cds_lpips_distance_resizes_to_224_as_the_reference(params, pool):
     """CD's distance: both images bilinearly resized to 224 x 224, then LPIPS; equal to torch's
     F.interpolate + lpips (the PyTorch CD code's path)."""
     cd = CD(teacher="x", distance="lpips", lpips_pool=pool)
-    network = FrozenNetwork(None, LPIPS(), (), 0)
-    nets = Nets({}, {}, {"lpips": Frozen(network, params)})
+    nets = Nets({}, {}, {"lpips": Frozen(file_network("lpips").definition(), params)})
     out = cd.distance_fn(nets)(jnp.asarray(GOLDEN["x"]), jnp.asarray(GOLDEN["y"]))
     np.testing.assert_allclose(np.asarray(out), GOLDEN[f"d_{pool}_224"], rtol=2e-4)
 
 
 def test_grey_images_are_compared_on_three_equal_channels(params):
     cd = CD(teacher="x", distance="lpips", lpips_size=32)
-    nets = Nets({}, {}, {"lpips": Frozen(FrozenNetwork(None, LPIPS(), (), 0), params)})
+    nets = Nets({}, {}, {"lpips": Frozen(file_network("lpips").definition(), params)})
     x, y = (jnp.asarray(GOLDEN[k][..., :1]) for k in ("x", "y"))
     grey = cd.distance_fn(nets)(x, y)
     rgb = LPIPS().apply({"params": params}, *(jnp.repeat(v, 3, axis=-1) for v in (x, y)))

@@ -106,25 +106,6 @@ class AttnBlock(nn.Module):
         return out / _SQRT2 if self.skip_rescale else out
 
 
-# The official CIFAR-10 CD code's network (jcm ``cifar10_k_ve`` / ``cifar10_ve_cd``, a
-# ``config.model`` section): iCT's NCSN++ with Fourier scale 16 (iCT: 0.02); dropout 0.13 for
-# the EDM teacher, 0 for the CD student.
-NCSNPP_CM_CIFAR10 = dict(
-    name="ncsnpp",
-    nf=128,
-    ch_mult=(2, 2, 2),
-    num_res_blocks=4,
-    attn_resolutions=(16,),
-    fir_kernel=(1, 3, 3, 1),
-    fourier_scale=16.0,
-    skip_rescale=True,
-    init_scale=0.0,
-    num_classes=0,
-    dtype="float32",
-    noise_cond_scale=1.0,
-)
-
-
 class NCSNpp(nn.Module):
     """F(x, noise_cond, labels, train, h): (B, H, W, C) -> (B, H, W, C).
 

@@ -50,7 +50,9 @@ DISTANCES = ("l2", "l1", "pseudo_huber", "lpips")
 
 
 def karras_descending(n: int, sigma_min: float, sigma_max: float, rho: float) -> jax.Array:
-    """T_0 = sigma_max > ... > T_{n-1} = sigma_min, (n,) float32 (jcm's grid)."""
+    """T_0 = sigma_max > ... > T_{n-1} = sigma_min, (n,) float32 (jcm's grid). Written in jcm's
+    order of operations rather than as ``ict_schedule.karras_sigmas(n)[::-1]`` (the same
+    points, rounded differently), so the loss is jcm's to float32 (tests/test_cd.py)."""
     i = jnp.arange(n, dtype=jnp.float32)
     hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     t = (hi + i / (n - 1) * (lo - hi)) ** rho
@@ -126,18 +128,6 @@ def cd_weight(t: jax.Array, weighting: str) -> jax.Array:
     if weighting == "truncated_snr":
         return jnp.maximum(1.0 / t**2, 1.0)
     return 1.0 / t**2
-
-
-def mean_l2(a: jax.Array, b: jax.Array, c: float | None = None) -> jax.Array:
-    """Per-example mean of squared differences (jcm's "l2"), (B,)."""
-    del c
-    return jnp.mean(jnp.square(a - b).reshape(a.shape[0], -1), axis=1)
-
-
-def mean_l1(a: jax.Array, b: jax.Array, c: float | None = None) -> jax.Array:
-    """Per-example mean of absolute differences (jcm's "l1"), (B,)."""
-    del c
-    return jnp.mean(jnp.abs(a - b).reshape(a.shape[0], -1), axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,9 +286,9 @@ class CD(ConsistencySampling, Objective):
 
     def distance_fn(self, nets: Nets):
         if self.distance == "l2":
-            return mean_l2
+            return distances.mean_l2
         if self.distance == "l1":
-            return mean_l1
+            return distances.mean_l1
         if self.distance == "pseudo_huber":
             return lambda a, b: distances.pseudo_huber(a, b, self.loss_c)
         params = jax.lax.stop_gradient(nets.frozen["lpips"].params)

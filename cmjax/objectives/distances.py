@@ -59,6 +59,18 @@ DISTANCES: dict[str, Callable[..., jax.Array]] = {
 }
 
 
+def mean_l2(a: jax.Array, b: jax.Array, c: float | None = None) -> jax.Array:
+    """Per-example mean of squared differences (the CD codes' "l2"), (B,)."""
+    del c
+    return jnp.mean(jnp.square(a - b).reshape(a.shape[0], -1), axis=1)
+
+
+def mean_l1(a: jax.Array, b: jax.Array, c: float | None = None) -> jax.Array:
+    """Per-example mean of absolute differences (the CD codes' "l1"), (B,)."""
+    del c
+    return jnp.mean(jnp.abs(a - b).reshape(a.shape[0], -1), axis=1)
+
+
 def get_distance(name: str) -> Callable[..., jax.Array]:
     """Look a distance up by its config name."""
     try:
